@@ -1,0 +1,170 @@
+"""The defense contract: an ``nn.Module`` of one of two kinds.
+
+* ``preprocessor``: ``forward(x) -> x_hat``, same shape, in [0,1]; put in front of the classifier.
+* ``model``: ``forward(x) -> logits``; a whole classifier that replaces the dataset's default one.
+
+A defense declares whether it is ``differentiable`` (when not, :meth:`Defense.attack_forward`
+gives the attacker a BPDA approximation while leaving the forward result unchanged), whether it
+is ``randomized``, which inputs it ``supports``, and whether it ``needs_training``. Trainable
+defenses implement :meth:`Defense.fit` with their paper's recipe; the harness caches the weights
+by a hash of everything that determined them (:func:`fit_or_load`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.cache import Cache, stable_hash
+from bench.data import BenchDataset, DatasetInfo
+from bench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+PREPROCESSOR = "preprocessor"
+MODEL = "model"
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``fn(x)``. Backward: identity (BPDA with the identity as surrogate)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ARG004
+        return grad, None
+
+
+def bpda_identity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Return ``y`` (computed from ``x`` without gradient) with the identity as its gradient."""
+    return _StraightThrough.apply(x, y.detach())
+
+
+@dataclass
+class FitContext:
+    """Everything a defense's ``fit`` may use. Built by the runner (or the ``train`` command).
+
+    Attributes:
+        dataset: the dataset the defense is trained for.
+        classifier: the fixed target classifier (``forward_features``/``forward_head``).
+        surrogates: other classifiers trained on the same data (HGD's "other models").
+        device: where to train.
+        cache: the weight cache (defenses may memoize intermediate tensors there).
+        seed: training seed.
+        key: what identifies the classifier(s) and data; part of every weight-cache key.
+    """
+
+    dataset: BenchDataset
+    classifier: nn.Module
+    surrogates: list[nn.Module]
+    device: torch.device
+    cache: Cache
+    seed: int = 0
+    key: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.dataset.info
+
+    def train_tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` training images (default: the dataset's ``fit_images``), shuffled
+        once with a fixed seed so small subsets still cover every class."""
+        n = n or self.info.fit_images
+        x, y = self.dataset.tensors("train")
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))[:n]
+        return x[order], y[order]
+
+
+class Defense(nn.Module):
+    """Base class of every defense plugin.
+
+    Args:
+        input_shape: C x H x W of the dataset's images.
+        num_classes: number of classes of the dataset.
+    """
+
+    kind: ClassVar[str] = PREPROCESSOR
+    differentiable: ClassVar[bool] = True
+    randomized: ClassVar[bool] = False
+    needs_training: ClassVar[bool] = False
+    identity: ClassVar[bool] = False
+    channels: ClassVar[tuple[int, ...] | None] = None
+    min_size: ClassVar[int] = 1
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        why = self.unsupported(self.input_shape)
+        if why:
+            raise ConfigError(f"{type(self).__name__} cannot run on inputs {self.input_shape}: "
+                              f"{why}.")
+
+    @classmethod
+    def unsupported(cls, input_shape: Sequence[int]) -> str | None:
+        """Why this defense cannot take inputs of ``input_shape`` (None when it can)."""
+        if cls.channels is not None and input_shape[0] not in cls.channels:
+            return f"it needs {cls.channels} channels"
+        if min(input_shape[1:]) < cls.min_size:
+            return f"it needs images of at least {cls.min_size}x{cls.min_size}"
+        return None
+
+    def attack_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """What an adaptive (whitebox) attacker differentiates: the forward pass, or BPDA.
+
+        The default is the forward pass when ``differentiable``, else the forward result with the
+        identity as its gradient. Override to give a better differentiable surrogate; it must
+        return the same values as ``forward``.
+        """
+        out = self(x)
+        return out if self.differentiable else bpda_identity(x, out)
+
+    def fit(self, ctx: FitContext) -> dict[str, Any]:
+        """Train with the paper's recipe; return metadata stored beside the cached weights."""
+        return {}
+
+    def denoising_loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-image mean L1 distance between denoised ``x_hat`` and clean ``x`` (HGD Table 2)."""
+        return (x_hat - x).abs().flatten(1).mean(1)
+
+    def metadata(self) -> dict[str, Any]:
+        """Facts recorded in every result row (e.g. what was scaled down from the paper)."""
+        return {}
+
+    def cache_key(self) -> dict[str, Any]:
+        """What determines this defense's trained weights, besides the classifier and data."""
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "params": getattr(self, "params", {}), "shape": self.input_shape}
+
+
+def fit_or_load(defense: Defense, ctx: FitContext, retrain: bool = False) -> dict[str, Any]:
+    """Load ``defense``'s cached weights, or train it with ``fit`` and cache them.
+
+    Returns the metadata of the training run (from the cache on a hit).
+    """
+    if not defense.needs_training:
+        return {}
+    name = getattr(defense, "registry_name", type(defense).__name__.lower())
+    key = {**defense.cache_key(), "context": ctx.key, "seed": ctx.seed,
+           "fit_images": ctx.info.fit_images}
+    prefix = f"{ctx.info.name}-{name}"
+    if not retrain:
+        meta = ctx.cache.load_module(defense, "defenses", prefix, key)
+        if meta is not None:
+            defense.to(ctx.device).eval()
+            return meta
+    log.info("training defense %s on %s (cached afterwards under %s) ...", name, ctx.info.name,
+             ctx.cache.root)
+    torch.manual_seed(ctx.seed)
+    defense.to(ctx.device)
+    meta = defense.fit(ctx) or {}
+    defense.eval()
+    meta["weights_hash"] = stable_hash(key)
+    ctx.cache.save_module(defense, "defenses", prefix, key, meta)
+    return meta

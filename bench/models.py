@@ -1,0 +1,259 @@
+"""Classifiers. Inputs are always [0,1] images; normalization lives inside the model.
+
+Every classifier follows timm's convention: ``forward_features(x)`` returns the topmost
+convolutional feature maps (before global pooling; what FGD-style losses compare) and
+``forward_head(features)`` the logits. Models without pretrained weights are trained by the
+harness with their ``recipe`` and cached by a hash of everything that determined the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.cache import Cache, stable_hash
+from bench.data import BenchDataset
+from bench.errors import CheckpointError, ConfigError
+from bench.registry import MODELS, register_model
+from bench.train import accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+
+
+class Classifier(nn.Module):
+    """Base: [0,1] images in, logits out, normalization inside.
+
+    Args:
+        input_shape: C x H x W of the inputs.
+        num_classes: number of logits.
+        mean, std: per-channel normalization applied first (defaults 0.5 / 0.5).
+    """
+
+    recipe: ClassVar[dict[str, Any]] = {"epochs": 5, "lr": 1e-3, "batch_size": 128}
+    pretrained: bool = False
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        c = input_shape[0]
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(mean or [0.5] * c).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std or [0.5] * c).view(1, c, 1, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Topmost convolutional feature maps for [0,1] images ``x``."""
+        return self.features(self.normalize(x))
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N x num_classes) for images ``x`` (N x C x H x W in [0,1])."""
+        return self.forward_head(self.forward_features(x))
+
+
+def _flat_size(module: nn.Module, shape: Sequence[int]) -> int:
+    with torch.no_grad():
+        return int(module(torch.zeros(1, *shape)).numel())
+
+
+@register_model("cnn")
+class PaperCNN(Classifier):
+    """The small CNN of the perceptual-loss AE paper: conv5x5 1->20, pool, conv5x5 20->50, pool,
+    fc 800->500, fc 500->10 (99.5% on MNIST in the paper)."""
+
+    recipe = {"epochs": 4, "lr": 1e-3, "batch_size": 128}
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> None:
+        super().__init__(input_shape, num_classes)
+        c = input_shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        flat = _flat_size(self.features, input_shape)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 500), nn.ReLU(),
+                                  nn.Linear(500, num_classes))
+
+
+@register_model("cnn3x3")
+class CNN3x3(Classifier):
+    """A different 28x28 architecture (the second model of HGD-style training sets): conv3x3 32,
+    conv3x3 64, pool, conv3x3 64, pool, fc 128, fc 10."""
+
+    recipe = {"epochs": 4, "lr": 1e-3, "batch_size": 128}
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> None:
+        super().__init__(input_shape, num_classes)
+        c = input_shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        flat = _flat_size(self.features, input_shape)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(),
+                                  nn.Linear(128, num_classes))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+@register_model("resnet18")
+class CifarResNet18(Classifier):
+    """CIFAR-style ResNet-18 (3x3 stem, no max-pool, stages 64-128-256-512) for 32x32 inputs."""
+
+    recipe = {"epochs": 30, "lr": 1e-3, "batch_size": 128}
+
+    def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10,
+                 width: int = 64) -> None:
+        super().__init__(input_shape, num_classes, [0.4914, 0.4822, 0.4465][: input_shape[0]],
+                         [0.2471, 0.2435, 0.2616][: input_shape[0]])
+        w = [width, 2 * width, 4 * width, 8 * width]
+        layers: list[nn.Module] = [nn.Conv2d(input_shape[0], w[0], 3, 1, 1, bias=False),
+                                   nn.BatchNorm2d(w[0]), nn.ReLU()]
+        cin = w[0]
+        for i, cout in enumerate(w):
+            for j in range(2):
+                layers.append(_BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+
+@register_model("vgg11")
+class CifarVGG11(Classifier):
+    """CIFAR-style VGG-11 with batch norm (the second 32x32 architecture)."""
+
+    recipe = {"epochs": 30, "lr": 1e-3, "batch_size": 128}
+    cfg = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)
+
+    def __init__(self, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10) -> None:
+        super().__init__(input_shape, num_classes, [0.4914, 0.4822, 0.4465][: input_shape[0]],
+                         [0.2471, 0.2435, 0.2616][: input_shape[0]])
+        layers: list[nn.Module] = []
+        cin = input_shape[0]
+        for v in self.cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
+                cin = int(v)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+
+class TimmClassifier(Classifier):
+    """A timm model with its own normalization inside; ``forward_features`` is timm's."""
+
+    recipe = {"epochs": 30, "lr": 1e-3, "batch_size": 64}
+
+    def __init__(self, arch: str, input_shape: Sequence[int] = (3, 224, 224),
+                 num_classes: int = 1000, pretrained: bool = True,
+                 weights: str | None = None) -> None:
+        import timm
+
+        overlay = {"file": str(Path(weights).expanduser())} if weights else None
+        try:
+            net = timm.create_model(arch, pretrained=pretrained or bool(weights),
+                                    num_classes=num_classes, pretrained_cfg_overlay=overlay)
+        except RuntimeError as exc:
+            if "Unknown model" in str(exc):
+                raise ConfigError(f"timm has no model '{arch}'. See timm.list_models().") from exc
+            raise
+        except Exception as exc:  # noqa: BLE001 - hub or file errors, re-raised with the fix
+            raise CheckpointError(
+                f"Pretrained weights for timm:{arch} could not be loaded ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}). Run once with network access "
+                f"to fill the Hugging Face cache, pass weights=PATH with --model-opt, or "
+                f"pretrained=false to train it here."
+            ) from exc
+        cfg = net.pretrained_cfg
+        super().__init__(input_shape, num_classes, list(cfg.get("mean", (0.5,) * 3)),
+                         list(cfg.get("std", (0.5,) * 3)))
+        self.net = net
+        self.arch = arch
+        self.pretrained = bool(pretrained or weights)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(self.normalize(x))
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(feats)
+
+
+@MODELS.register_prefix("timm")
+def timm_model(arch: str, **kwargs: Any) -> TimmClassifier:
+    """Any timm architecture, pretrained when weights can be had (e.g. timm:inception_v3)."""
+    return TimmClassifier(arch, **kwargs)
+
+
+@dataclass
+class LoadedModel:
+    """A ready classifier plus the hash that identifies its weights (for downstream cache keys)."""
+
+    name: str
+    model: Classifier
+    key: str
+    meta: dict[str, Any]
+
+
+def load_classifier(name: str, dataset: BenchDataset, *, cache: Cache, device: torch.device,
+                    seed: int = 0, **opts: Any) -> LoadedModel:
+    """Build classifier ``name`` for ``dataset``; load pretrained or cached weights, else train.
+
+    Training (a visible progress bar) happens at most once per configuration: the weights are
+    cached under a hash of (model, options, dataset, recipe, seed).
+    """
+    info = dataset.info
+    entry = MODELS.get(name)
+    base_recipe = getattr(entry.builder, "recipe", Classifier.recipe)
+    recipe = {**base_recipe, **{k: v for k, v in opts.items() if k in base_recipe}}
+    arch_opts = {k: v for k, v in opts.items() if k not in base_recipe}
+    model: Classifier = entry.build(input_shape=info.input_shape, num_classes=info.num_classes,
+                                    **arch_opts)
+    key = {"model": name, "opts": opts, "dataset": info.name, "shape": info.input_shape,
+           "recipe": recipe, "seed": seed, "pretrained": model.pretrained}
+    if model.pretrained:
+        return LoadedModel(name, model.to(device).eval(), stable_hash(key), {"pretrained": True})
+    meta = cache.load_module(model, "classifiers", f"{info.name}-{name}", key)
+    if meta is None:
+        log.info("training classifier %s on %s (cached afterwards) ...", name, info.name)
+        x, y = dataset.tensors("train")
+        torch.manual_seed(seed)
+        model = entry.build(input_shape=info.input_shape, num_classes=info.num_classes,
+                            **arch_opts)
+        model.to(device)
+        meta = train_classifier(model, x, y, seed=seed, desc=f"train {name} on {info.name}",
+                                device=device, epochs=recipe["epochs"], lr=recipe["lr"],
+                                batch_size=recipe["batch_size"])
+        xt, yt = dataset.tensors("test")
+        meta["test_acc"] = accuracy(model, xt.to(device), yt.to(device))
+        log.info("%s on %s: test accuracy %.4f", name, info.name, meta["test_acc"])
+        cache.save_module(model, "classifiers", f"{info.name}-{name}", key, meta)
+    return LoadedModel(name, model.to(device).eval(), stable_hash(key), meta)

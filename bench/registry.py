@@ -1,0 +1,231 @@
+"""One generic registry type, with instances for defenses, attacks, datasets and models.
+
+A plugin registers each named variant with one decorator next to the thing it builds::
+
+    @register_attack("pgd10", steps=10)
+    @register_attack("pgd100", steps=100)
+    class PGD(Attack): ...
+
+Names are lower case ``[a-z0-9_-]``; listing takes globs and returns names in natural order; an
+unknown name raises :class:`UnknownPluginError` with the closest names and the command that lists
+them; a duplicate name is an error at import time. Third-party plugins register through the entry
+point groups ``bench.defenses``, ``bench.attacks``, ``bench.datasets`` and ``bench.models``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import inspect
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Generic, TypeVar
+
+from bench.errors import DuplicatePluginError, PluginImportError, UnknownPluginError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that puts ``pgd10`` before ``pgd100`` and ``resnet18`` before ``resnet101``."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """A registered variant: the builder, the settings the variant fixes, and where it lives."""
+
+    name: str
+    builder: Callable[..., T]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    module: str = ""
+
+    @property
+    def kind(self) -> str:
+        """The plugin's declared kind (``preprocessor``/``model`` for defenses), else ``-``."""
+        return str(getattr(self.builder, "kind", "-"))
+
+    def build(self, **kwargs: Any) -> T:
+        """Build the variant; ``kwargs`` override the variant's registered settings."""
+        params = {**self.overrides, **kwargs}
+        obj = self.builder(**params)
+        try:
+            obj.registry_name = self.name  # type: ignore[attr-defined]
+            obj.params = params  # type: ignore[attr-defined]
+        except AttributeError:  # builders may return immutable objects
+            pass
+        return obj
+
+
+def _describe(obj: Any, description: str | None) -> str:
+    if description:
+        return description
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry(Generic[T]):
+    """A name -> builder table of one kind of plugin.
+
+    Args:
+        kind: singular noun used in messages and in ``python -m bench list <kind>s``.
+        builtin: package imported on first use to register the built-in plugins.
+        group: entry-point group of third-party plugins.
+    """
+
+    def __init__(self, kind: str, builtin: str | None = None, group: str | None = None) -> None:
+        self.kind = kind
+        self.builtin = builtin
+        self.group = group
+        self._entries: dict[str, Entry[T]] = {}
+        self._prefixes: dict[str, Entry[T]] = {}
+        self._loaded = False
+
+    # -- registration -------------------------------------------------------------------------
+    def register(
+        self, name: str, *, description: str | None = None, **overrides: Any
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering ``name`` as the decorated builder with ``overrides`` fixed."""
+        if not NAME_RE.match(name):
+            raise ValueError(f"Invalid {self.kind} name {name!r}: use lower case [a-z0-9_-].")
+
+        def deco(builder: Callable[..., T]) -> Callable[..., T]:
+            self._add(Entry(name, builder, dict(overrides), _describe(builder, description),
+                            getattr(builder, "__module__", "")))
+            return builder
+
+        return deco
+
+    def register_prefix(
+        self, prefix: str, *, description: str | None = None
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Register a family addressed as ``prefix:<name>`` (e.g. ``timm:inception_v3``).
+
+        The builder receives the part after the colon as its first positional argument.
+        """
+
+        def deco(builder: Callable[..., T]) -> Callable[..., T]:
+            if prefix in self._prefixes:
+                raise DuplicatePluginError(
+                    f"{self.kind} prefix '{prefix}:' registered twice "
+                    f"({self._prefixes[prefix].module} and {builder.__module__})."
+                )
+            self._prefixes[prefix] = Entry(f"{prefix}:<name>", builder, {},
+                                           _describe(builder, description), builder.__module__)
+            return builder
+
+        return deco
+
+    def _add(self, entry: Entry[T]) -> None:
+        if entry.name in self._entries:
+            other = self._entries[entry.name]
+            raise DuplicatePluginError(
+                f"{self.kind} '{entry.name}' is registered twice: in {other.module} and in "
+                f"{entry.module}. Rename one of them."
+            )
+        self._entries[entry.name] = entry
+
+    # -- loading ------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Import the built-in plugins and the third-party entry points, once."""
+        if self._loaded:
+            return
+        self._loaded = True
+        if self.builtin:
+            importlib.import_module(self.builtin)
+        if self.group:
+            for ep in metadata.entry_points(group=self.group):
+                try:
+                    ep.load()
+                except DuplicatePluginError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any failure is reported, never skipped
+                    self._loaded = False
+                    raise PluginImportError(
+                        f"Third-party {self.kind} plugin '{ep.name}' ({ep.value}, entry point group "
+                        f"'{self.group}') failed to import: {type(exc).__name__}: {exc}. Fix or "
+                        f"uninstall that package."
+                    ) from exc
+
+    # -- lookup -------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """All registered names, in natural order."""
+        self.load()
+        return sorted(self._entries, key=natural_key)
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Names matching the glob ``pattern``, in natural order."""
+        return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern.lower())]
+
+    def entries(self, pattern: str = "*") -> Iterator[Entry[T]]:
+        """Entries matching ``pattern``, then the prefix families when ``pattern`` is ``*``."""
+        for name in self.list(pattern):
+            yield self._entries[name]
+        if pattern == "*":
+            yield from self._prefixes.values()
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except UnknownPluginError:
+            return False
+        return True
+
+    def get(self, name: str) -> Entry[T]:
+        """The entry called ``name`` (or a ``prefix:<name>`` entry bound to that name)."""
+        self.load()
+        if name in self._entries:
+            return self._entries[name]
+        prefix, sep, rest = name.partition(":")
+        if sep and prefix in self._prefixes and rest:
+            fam = self._prefixes[prefix]
+            bound = _bind_prefix(fam.builder, rest)
+            return Entry(name, bound, {}, fam.description, fam.module)
+        raise UnknownPluginError(self._unknown_message(name))
+
+    def build(self, name: str, **kwargs: Any) -> T:
+        """Build the variant ``name``; ``kwargs`` override its registered settings."""
+        return self.get(name).build(**kwargs)
+
+    def where(self, name: str) -> str:
+        """The module that registered ``name``."""
+        return self.get(name).module
+
+    def _unknown_message(self, name: str) -> str:
+        known = self.names() + [f"{p}:" for p in self._prefixes]
+        close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return (f"Unknown {self.kind} '{name}'.{hint} "
+                f"See: python -m bench list {self.kind}s")
+
+
+def _bind_prefix(builder: Callable[..., T], arg: str) -> Callable[..., T]:
+    def bound(**kwargs: Any) -> T:
+        return builder(arg, **kwargs)
+
+    bound.kind = getattr(builder, "kind", "-")  # type: ignore[attr-defined]
+    bound.__doc__ = builder.__doc__
+    return bound
+
+
+DEFENSES: Registry[Any] = Registry("defense", "defenses", "bench.defenses")
+ATTACKS: Registry[Any] = Registry("attack", "attacks", "bench.attacks")
+DATASETS: Registry[Any] = Registry("dataset", "bench.data", "bench.datasets")
+MODELS: Registry[Any] = Registry("model", "bench.models", "bench.models")
+
+register_defense = DEFENSES.register
+register_attack = ATTACKS.register
+register_dataset = DATASETS.register
+register_model = MODELS.register
+
+REGISTRIES: dict[str, Registry[Any]] = {
+    "defenses": DEFENSES, "attacks": ATTACKS, "datasets": DATASETS, "models": MODELS,
+}

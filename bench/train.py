@@ -1,0 +1,123 @@
+"""Shared training utilities: the classifier loop, progress bars, seeding and device choice."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.errors import ConfigError, NonFiniteError
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available; use --device cpu.")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r} is not a device: use auto, cpu or cuda.") from exc
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar on stderr (stdout stays for tables and paths)."""
+    kwargs.setdefault("file", sys.stderr)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, **kwargs)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
+            shuffle: bool = False) -> Iterator[torch.Tensor]:
+    """Index batches over ``range(n)``; shuffled with ``generator`` when asked."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+def check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    """Raise NonFiniteError when ``t`` holds NaN or infinity."""
+    if not torch.isfinite(t).all():
+        raise NonFiniteError(
+            f"{what} produced NaN or infinite values. Lower the learning rate or check the "
+            f"inputs; nothing was recorded."
+        )
+    return t
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500,
+            device: torch.device | None = None) -> torch.Tensor:
+    """Predicted labels of ``model`` for images ``x`` (N x C x H x W in [0,1]), on CPU."""
+    device = device or next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = []
+    for idx in batches(len(x), batch_size):
+        logits = model(x[idx].to(device))
+        out.append(check_finite(logits, type(model).__name__).argmax(1).cpu())
+    model.train(was)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in [0,1]."""
+    return float((predict(model, x, batch_size) == y).float().mean()) if len(y) else float("nan")
+
+
+def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
+                     lr: float, batch_size: int, seed: int, desc: str,
+                     weight_decay: float = 0.0, device: torch.device | None = None
+                     ) -> dict[str, Any]:
+    """Train ``model`` with Adam and cross-entropy; return a metadata dict (final loss).
+
+    Args:
+        model: classifier taking [0,1] images, returning logits.
+        x: training images, N x C x H x W in [0,1].
+        y: labels, N.
+    """
+    device = device or next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    model.train()
+    loss_avg = float("nan")
+    bar = progress(total=epochs * ((len(x) + batch_size - 1) // batch_size), desc=desc)
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for idx in batches(len(x), batch_size, gen, shuffle=True):
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            loss = F.cross_entropy(model(xb), yb)
+            check_finite(loss, f"training {desc}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / count:.3f}")
+        sched.step()
+        loss_avg = total / max(1, count)
+    bar.close()
+    model.eval()
+    return {"final_loss": loss_avg, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "train_images": len(x)}
