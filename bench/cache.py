@@ -94,11 +94,13 @@ class Cache:
                      key: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
         path = self.path(kind, name, key)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        _atomic_write(path, lambda p: save_file(tensors, str(p)))
         sidecar = {"format": FORMAT_VERSION, "key": key, "key_hash": stable_hash(key),
                    "meta": meta or {}}
+        # Sidecar first: an interrupted save then leaves no weight file, i.e. a cache miss,
+        # rather than weights without metadata (an error until the user deletes them).
         _atomic_write(path.with_suffix(".json"),
                       lambda p: p.write_text(json.dumps(sidecar, indent=1, default=str)))
+        _atomic_write(path, lambda p: save_file(tensors, str(p)))
         return path
 
     def load_tensors(self, kind: str, name: str,

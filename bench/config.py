@@ -48,11 +48,15 @@ def parse_eps(text: str | float) -> float:
 
 
 def format_eps(eps: float) -> str:
-    """Show ``eps`` as ``k/255`` when it is one, else as a short decimal."""
+    """Show ``eps`` as a short decimal when one is exact (``0.2``), else as ``k/255`` when it is
+    one (``8/255``), else as a 6-digit decimal."""
+    short = f"{eps:g}"
+    if float(short) == eps:
+        return short
     k = eps * 255
-    if eps > 0 and abs(k - round(k)) < 1e-6 and round(k) not in (0, 255):
+    if abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
-    return f"{eps:g}"
+    return short
 
 
 def split_list(text: str | None) -> list[str]:

@@ -83,13 +83,13 @@ class BenchDataset(ABC):
                 batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` images of ``split`` (all when None) as tensors ``(x, y)``."""
         ds = self.split(split)
+        if n is not None and n > len(ds):
+            log.warning("%s %s has %d images; --n %d uses all of them",
+                        self.name, split, len(ds), n)
+        if isinstance(ds, TensorDataset):  # in memory: slice, no per-item loop
+            return ds.tensors[0][:n], ds.tensors[1][:n]
         if n is not None:
-            if n > len(ds):
-                log.warning("%s %s has %d images; --n %d uses all of them",
-                            self.name, split, len(ds), n)
             ds = Subset(ds, range(min(n, len(ds))))
-        if isinstance(ds, TensorDataset):
-            return ds.tensors[0], ds.tensors[1]
         xs, ys = [], []
         for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
             xs.append(x.float())

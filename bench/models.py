@@ -89,8 +89,8 @@ class PaperCNN(Classifier):
 
 @register_model("cnn3x3")
 class CNN3x3(Classifier):
-    """A different 28x28 architecture (the second model of HGD-style training sets): conv3x3 32,
-    conv3x3 64, pool, conv3x3 64, pool, fc 128, fc 10."""
+    """A different 28x28 architecture (the second model of HGD-style training sets): conv3x3 16,
+    conv3x3 32, pool, conv3x3 32, pool, fc 128, fc 10."""
 
     recipe = {"epochs": 4, "lr": 1e-3, "batch_size": 128}
 
@@ -98,9 +98,9 @@ class CNN3x3(Classifier):
         super().__init__(input_shape, num_classes)
         c = input_shape[0]
         self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         )
         flat = _flat_size(self.features, input_shape)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(),

@@ -68,8 +68,8 @@ class Entry(Generic[T]):
 def _describe(obj: Any, description: str | None) -> str:
     if description:
         return description
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    doc = (inspect.getdoc(obj) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()) if doc else ""
 
 
 class Registry(Generic[T]):

@@ -1,0 +1,75 @@
+"""PGD with a uniform random start (Madry et al.), L-inf, wrapping ``torchattacks.PGD``.
+
+Paper: Madry, Makelov, Schmidt, Tsipras and Vladu, "Towards Deep Learning Models Resistant to
+Adversarial Attacks", ICLR 2018, https://arxiv.org/abs/1706.06083.
+
+Starting from ``x + U(-eps, eps)`` (clipped to [0,1]), take ``steps`` signed-gradient ascent steps
+of size ``alpha`` on the cross-entropy, projecting onto the L-inf eps-ball and [0,1] after each;
+the last iterate is returned.
+
+Default step rule: ``alpha = min(eps/10, 2.5*eps/steps)``. That is ``eps/10`` up to 25 steps
+(the feature-denoising paper's ``eps/10`` for 10-step PGD, Xie et al.,
+https://arxiv.org/abs/1812.03411) and Madry et al.'s ``2.5*eps/steps`` beyond, so the iterate can
+cross the ball 2.5 times whatever the step count: pgd10 and pgd20 use ``eps/10``, pgd40
+``eps/16``, pgd100 ``eps/40``, pgd1000 ``eps/400``. The resolved step is recorded with the result.
+
+Norm: L-inf. Inputs: images N x C x H x W in [0,1], labels N; output has the same shape and range.
+
+Arguments:
+    eps: L-inf radius on the [0,1] scale (e.g. 8/255).
+    alpha: step size (default: the rule above).
+    targeted: None, ``random`` or ``least-likely`` (descend the CE of the target class).
+    seed: seed of the random start and random targets.
+    steps: number of iterations (default 10; variants fix 10 to 2000).
+    random_start: start from a uniform point of the ball (default True).
+
+Example::
+
+    python -m bench run --attack pgd100 --eps 8/255
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torchattacks
+from torch import nn
+
+from attacks._common import check_alpha, check_steps, pgd_alpha
+from bench.attack import TorchAttack
+from bench.registry import register_attack
+
+
+@register_attack("pgd10", steps=10)
+@register_attack("pgd20", steps=20)
+@register_attack("pgd40", steps=40)
+@register_attack("pgd100", steps=100)
+@register_attack("pgd1000", steps=1000)
+@register_attack("pgd2000", steps=2000)
+class PGD(TorchAttack):
+    """Madry PGD on the cross-entropy with a uniform random start.
+
+    Args:
+        eps: L-inf radius on the [0,1] scale.
+        alpha: step size; None uses ``min(eps/10, 2.5*eps/steps)``.
+        targeted: None, ``random`` or ``least-likely``.
+        seed: seed of the random start and random targets.
+        steps: number of iterations.
+        random_start: start from a uniform point of the eps-ball.
+
+    Example: ``python -m bench run --attack pgd100 --eps 8/255``
+    """
+
+    def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
+                 seed: int = 0, steps: int = 10, random_start: bool = True) -> None:
+        check_alpha(alpha)
+        super().__init__(eps, alpha, targeted, seed)
+        self.steps = check_steps(steps)
+        self.random_start = bool(random_start)
+
+    def step_size(self) -> float:
+        return pgd_alpha(self.eps, self.steps) if self.alpha is None else float(self.alpha)
+
+    def make(self, model: nn.Module) -> Any:
+        return torchattacks.PGD(model, eps=self.eps, alpha=self.step_size(), steps=self.steps,
+                                random_start=self.random_start)

@@ -1,0 +1,225 @@
+"""Command line: ``python -m bench {run,train,list,leaderboard,plot}``.
+
+Every user error is reported as one line (``error: ...``) with the fix, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bench.cache import Cache
+from bench.config import RunConfig, parse_eps, parse_options, results_path, split_list
+from bench.errors import BenchError, ConfigError
+from bench.registry import REGISTRIES
+from bench.session import Session
+from bench.store import open_store
+from bench.train import resolve_device
+
+log = logging.getLogger("bench")
+
+EPILOG = """examples:
+  python -m bench run --defense lgd --attack pgd100
+  python -m bench run --dataset mnist --defense none,dunet,lgd --attack fgsm,pgd100 --eps 0.2 --n 1000
+  python -m bench run --dataset cifar10 --attack pgd10 --eps 8/255 --threat whitebox
+  python -m bench list attacks 'pgd*'
+  python -m bench train --dataset mnist --model cnn
+  python -m bench leaderboard --format html --out results
+  python -m bench plot amplification --dataset mnist --defense dunet,lgd --attack ifgsm4 --eps 0.2
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number of images")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help="comma list (default: digits, embedded)")
+    p.add_argument("--model", default=None, help="comma list (default: the dataset's model)")
+    p.add_argument("--data-root", default=None, help="data folder (or $BENCH_DATA_ROOT)")
+    p.add_argument("--download", action="store_true", help="let torchvision download data")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--defense-opt", action="append", metavar="[NAME.]KEY=VALUE",
+                   help="defense option, e.g. epochs=5 or lgd.epochs=5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Benchmark defenses against adversarial examples.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a grid and print its leaderboard", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(run)
+    run.add_argument("--defense", default="none", help="comma list of defenses")
+    run.add_argument("--attack", default="pgd100", help="comma list of attacks")
+    run.add_argument("--threat", default=None,
+                     help="oblivious,whitebox (default: both)")
+    run.add_argument("--eps", default=None, help="comma list, e.g. 0.2 or 8/255")
+    run.add_argument("--n", type=int, default=None, help="evaluate the first n test images")
+    run.add_argument("--alpha", type=float, default=None, help="attack step size")
+    run.add_argument("--targeted", choices=["random", "least-likely"], default=None)
+    run.add_argument("--attack-opt", action="append", metavar="[NAME.]KEY=VALUE")
+    run.add_argument("--results", default=None, help="SQLite store (default results/bench.sqlite)")
+    run.add_argument("--config", default=None, help="JSON file of RunConfig fields")
+    run.set_defaults(func=cmd_run)
+
+    train = sub.add_parser("train", help="train (and cache) a classifier and defenses")
+    _common(train)
+    train.add_argument("--defense", default="", help="comma list of defenses to fit too")
+    train.add_argument("--retrain", action="store_true", help="ignore cached weights")
+    train.set_defaults(func=cmd_train)
+
+    lst = sub.add_parser("list", help="list registered plugins")
+    lst.add_argument("what", choices=sorted(REGISTRIES))
+    lst.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'pgd*'")
+    lst.set_defaults(func=cmd_list)
+
+    lb = sub.add_parser("leaderboard", help="print or export the leaderboard")
+    lb.add_argument("--results", default=None)
+    lb.add_argument("--format", default="md", choices=["md", "csv", "json", "html"])
+    lb.add_argument("--out", default=None, help="write leaderboard.<fmt> into this folder")
+    lb.set_defaults(func=cmd_leaderboard)
+
+    plot = sub.add_parser("plot", help="analysis plots")
+    psub = plot.add_subparsers(dest="plot", required=True)
+    amp = psub.add_parser("amplification", help="layer-wise error amplification (HGD Fig. 5)")
+    _common(amp)
+    amp.add_argument("--defense", required=True, help="comma list of preprocessing defenses")
+    amp.add_argument("--attack", default="ifgsm4")
+    amp.add_argument("--eps", default=None)
+    amp.add_argument("--n", type=_positive_int, default=500)
+    amp.add_argument("--out", default=None, help="folder (default results/plots)")
+    amp.set_defaults(func=cmd_plot_amplification)
+    return parser
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    values = {
+        "datasets": tuple(split_list(args.dataset)), "models": tuple(split_list(args.model)),
+        "defenses": tuple(split_list(args.defense)), "attacks": tuple(split_list(args.attack)),
+        "threats": tuple(split_list(args.threat)),
+        "eps": tuple(parse_eps(e) for e in split_list(args.eps)), "n": args.n,
+        "seed": args.seed, "alpha": args.alpha, "targeted": args.targeted,
+        "batch_size": args.batch_size, "device": args.device, "download": args.download,
+        "data_root": args.data_root, "results": args.results,
+        "defense_opts": parse_options(args.defense_opt),
+        "attack_opts": parse_options(args.attack_opt),
+    }
+    if args.config:
+        return RunConfig.from_file(args.config, **values)
+    return RunConfig(**values)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.report import render
+    from bench.runner import Runner
+
+    cfg = _run_config(args)
+    store = open_store(results_path(cfg.results))
+    runner = Runner(cfg, store)
+    hashes = runner.run()
+    print(render(store.frame(hashes), "md", baseline=runner.defenses()[0]))
+    log.info("results stored in %s", store.path)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    for ds in split_list(args.dataset):
+        for model in split_list(args.model) or [None]:
+            s = Session(ds, model, seed=args.seed, device=device, cache=Cache(),
+                        data_root=args.data_root, download=args.download,
+                        batch_size=args.batch_size, defense_opts=parse_options(args.defense_opt))
+            print(f"{ds}/{s.model_name}: test accuracy {s.target.meta.get('test_acc', 'n/a')}")
+            for name in split_list(args.defense):
+                s.defense(name, retrain=args.retrain)
+                print(f"{ds}/{s.model_name}/{name}: {s.fit_meta(name)}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    reg = REGISTRIES[args.what]
+    rows = [(e.name, e.kind, e.description + "".join(f" [{k}={v}]" for k, v in e.overrides.items()))
+            for e in reg.entries(args.pattern)]
+    if not rows:
+        raise ConfigError(f"No {args.what} match {args.pattern!r}. See: python -m bench list "
+                          f"{args.what}")
+    width = max(len(r[0]) for r in rows)
+    kind_w = max(len(r[1]) for r in rows)
+    for name, kind, desc in rows:
+        print(f"{name:<{width}}  {kind:<{kind_w}}  {desc}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.report import render
+    from bench.session import baseline_name
+
+    store = open_store(results_path(args.results), must_exist=True)
+    print(render(store.frame(), args.format, out_dir=args.out, baseline=baseline_name()))
+    return 0
+
+
+def cmd_plot_amplification(args: argparse.Namespace) -> int:
+    from bench import plots
+
+    device = resolve_device(args.device)
+    out_dir = Path(args.out) if args.out else results_path().parent / "plots"
+    for ds in split_list(args.dataset):
+        s = Session(ds, args.model, n=args.n, seed=args.seed, device=device, cache=Cache(),
+                    data_root=args.data_root, download=args.download, batch_size=args.batch_size,
+                    defense_opts=parse_options(args.defense_opt))
+        eps = parse_eps(args.eps) if args.eps else s.info.default_eps
+        attack = s.build_attack(args.attack, eps)
+        x, _ = s.test
+        x_adv = s.adversarial(attack, s.classifier, "classifier")
+        gen = torch.Generator().manual_seed(args.seed)
+        curves = {"adversarial": plots.amplification(s.classifier, x, x_adv),
+                  "random noise": plots.amplification(s.classifier, x,
+                                                      plots.gaussian_like(x, x_adv, gen))}
+        for name in split_list(args.defense):
+            d = s.defense(name)
+            if d.kind != "preprocessor":
+                raise ConfigError(f"Defense '{name}' is a {d.kind}, not a preprocessor: the "
+                                  f"amplification plot compares denoised images.")
+            curves[f"{name} (denoised)"] = plots.amplification(s.classifier, x, s.apply(d, x_adv))
+        stem = f"amplification-{ds}-{s.model_name}-{args.attack}"
+        title = (f"Error amplification on {ds}/{s.model_name}: {args.attack} eps={eps:g}, "
+                 f"n={len(x)}")
+        for path in plots.plot_amplification(curves, out_dir, title, stem):
+            print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("bench: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return int(args.func(args))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are stored; rerun the same command to resume",
+              file=sys.stderr)
+        return 130

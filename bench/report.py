@@ -1,0 +1,339 @@
+"""Leaderboard tables from the result store: wide (one row per defense), long (one row per cell),
+all-or-nothing worst case, and their Markdown / CSV / JSON / HTML exports.
+
+Every function takes the DataFrame of :meth:`bench.store.Store.frame` (one row per cell). Rows
+are ordered per (dataset, model) with the baseline defense first, then the defenses in order of
+first appearance; attack columns by attack name (natural order: ``fgsm``, ``ifgsm4``, ``pgd10``,
+``pgd100``), then threat model (in :class:`bench.threat.Threat` order), then eps.
+
+Example::
+
+    df = open_store(results_path(), must_exist=True).frame()
+    print(render(df, "md", baseline="none"))
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.config import format_eps
+from bench.errors import ConfigError
+from bench.registry import natural_key
+from bench.threat import Threat
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("md", "csv", "json", "html")
+LONG_COLUMNS = (
+    "dataset", "split", "model", "defense", "defense_kind", "attack", "threat", "norm", "eps",
+    "n", "clean_acc", "robust_acc", "denoise_loss", "bpda", "wall_time", "seed", "attack_params",
+    "defense_params", "device", "git_rev", "config_hash", "created_at",
+)
+ROW_KEYS = ["dataset", "model", "defense"]
+CELL_KEYS = [*ROW_KEYS, "attack", "threat", "norm", "eps"]
+_THREAT_NOTES = {
+    Threat.OBLIVIOUS.value: "the attack sees the classifier only",
+    Threat.WHITEBOX.value: "adaptive, through the whole defended pipeline",
+}
+_BPDA_MARK = "†"
+_VARIES_MARK = "*"
+
+
+def _require(df: pd.DataFrame | None) -> pd.DataFrame:
+    if df is None or len(df) == 0:
+        raise ConfigError("The result store holds no cells yet: run `python -m bench run ...` "
+                          "first (or pass --results PATH to read another store).")
+    return df
+
+
+def _threat_rank(threat: str) -> tuple[int, str]:
+    order = [t.value for t in Threat]
+    return (order.index(threat), "") if threat in order else (len(order), threat)
+
+
+def _ordered(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """``df`` sorted into leaderboard order (stable: ties keep the store's creation order)."""
+    df = df.reset_index(drop=True).assign(_pos=lambda d: np.arange(len(d)))
+    groups = {k: i for i, k in enumerate(dict.fromkeys(zip(df["dataset"], df["model"])))}
+    defense_rank: dict[tuple[str, str, str], int] = {}
+    for (ds, model), g in df.groupby(["dataset", "model"], sort=False):
+        names = list(dict.fromkeys(g["defense"]))
+        if baseline in names:
+            names.remove(baseline)
+            names.insert(0, baseline)
+        defense_rank.update({(ds, model, name): i for i, name in enumerate(names)})
+    attacks = {a: i for i, a in enumerate(sorted(set(df["attack"]), key=natural_key))}
+    threats = {t: i for i, t in enumerate(sorted(set(df["threat"]), key=_threat_rank))}
+    keys = pd.DataFrame({
+        "_g": [groups[k] for k in zip(df["dataset"], df["model"])],
+        "_d": [defense_rank[k] for k in zip(df["dataset"], df["model"], df["defense"])],
+        "_a": df["attack"].map(attacks),
+        "_t": df["threat"].map(threats),
+    })
+    df = pd.concat([df, keys], axis=1)
+    df = df.sort_values(["_g", "_d", "_a", "_t", "norm", "eps", "_pos"], kind="stable")
+    return df.reset_index(drop=True)
+
+
+def column_label(attack: str, threat: str, eps: float, norm: str | None = None) -> str:
+    """The wide table's column name, e.g. ``pgd100/whitebox@8/255`` (``norm`` appended if given)."""
+    label = f"{attack}/{threat}@{format_eps(float(eps))}"
+    return f"{label} ({norm})" if norm else label
+
+
+def _latest_cells(ordered: pd.DataFrame) -> pd.DataFrame:
+    """One cell per column: among repeats, the largest n, then the newest."""
+    ranked = ordered.sort_values(["n", "_pos"], kind="stable")
+    kept = ranked.drop_duplicates(CELL_KEYS, keep="last")
+    if len(kept) < len(ordered):
+        log.info("%d repeated cell(s) hidden from the wide table (kept the largest n, then the "
+                 "newest); the long table lists every cell", len(ordered) - len(kept))
+    return kept.sort_index()
+
+
+def _labels(cells: pd.DataFrame) -> pd.Series:
+    show_norm = cells["norm"].nunique() > 1
+    return pd.Series([column_label(a, t, e, n if show_norm else None) for a, t, e, n in
+                      zip(cells["attack"], cells["threat"], cells["eps"], cells["norm"])],
+                     index=cells.index)
+
+
+def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """The wide leaderboard: one row per (dataset, model, defense), robust accuracy per column.
+
+    Args:
+        df: cells as returned by ``Store.frame()``.
+        baseline: the defense shown first in each (dataset, model) block (e.g. the undefended
+            one); None keeps the order of first appearance.
+
+    Returns:
+        Columns ``dataset, model, defense, kind, clean_acc, n`` then one column per
+        (attack, threat, eps) labelled ``attack/threat@eps``, accuracies in [0, 1], NaN where
+        a cell was not run. ``n`` is the smallest n of the row's cells; ``clean_acc`` is the mean
+        over the row's cells of the largest n. Where a row's cells differ in n, its
+        ``(min, max)`` is in ``attrs["n_range"]`` keyed by ``"dataset/model/defense"``;
+        ``attrs["bpda"]`` lists ``[defense key, column]`` pairs whose attack used BPDA.
+        Repeated cells (same column) show the one with the largest n, then the newest.
+
+    Raises:
+        ConfigError: ``df`` is empty.
+    """
+    cells = _latest_cells(_ordered(_require(df), baseline))
+    cells = cells.assign(_label=_labels(cells))
+    columns = list(dict.fromkeys(cells.sort_values(["_a", "_t", "norm", "eps"],
+                                                   kind="stable")["_label"]))
+    rows, n_range, bpda = [], {}, []
+    for (ds, model, defense), g in cells.groupby(ROW_KEYS, sort=False):
+        key = f"{ds}/{model}/{defense}"
+        widest = g[g["n"] == g["n"].max()]
+        row = {"dataset": ds, "model": model, "defense": defense,
+               "kind": g["defense_kind"].iloc[0], "clean_acc": float(widest["clean_acc"].mean()),
+               "n": int(g["n"].min())}
+        row.update({c: float("nan") for c in columns})
+        row.update(dict(zip(g["_label"], g["robust_acc"].astype(float))))
+        rows.append(row)
+        if g["n"].nunique() > 1:
+            n_range[key] = (int(g["n"].min()), int(g["n"].max()))
+        bpda += [[key, label] for label in g.loc[g["bpda"].astype(bool), "_label"]]
+    wide = pd.DataFrame(rows, columns=["dataset", "model", "defense", "kind", "clean_acc", "n",
+                                       *columns])
+    wide.attrs.update(attack_columns=columns, n_range=n_range, bpda=bpda)
+    return wide
+
+
+def long_table(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """Every cell, one line each, in leaderboard order: the CSV format scripts read.
+
+    Args:
+        df: cells as returned by ``Store.frame()``.
+        baseline: as in :func:`leaderboard`.
+
+    Returns:
+        Columns :data:`LONG_COLUMNS` (accuracies in [0, 1]; ``attack_params`` and
+        ``defense_params`` as JSON strings; per-sample arrays left out).
+
+    Raises:
+        ConfigError: ``df`` is empty.
+    """
+    out = _ordered(_require(df), baseline)
+    out = out[[c for c in LONG_COLUMNS if c in out.columns]].copy()
+    for col in ("attack_params", "defense_params"):
+        if col in out:
+            out[col] = out[col].map(lambda v: json.dumps(v, sort_keys=True, default=str))
+    return out.reset_index(drop=True)
+
+
+def worst_case(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """All-or-nothing accuracy: an image counts only if it is correct under every attack.
+
+    Cells are combined per (dataset, split, model, defense, threat, norm, eps) and only when they
+    cover the same test slice (the first ``n`` images of the split, so equal ``n``); groups with
+    different n give separate rows.
+
+    Args:
+        df: cells as returned by ``Store.frame()`` (needs the ``robust_correct`` 0/1 arrays).
+        baseline: as in :func:`leaderboard`.
+
+    Returns:
+        Columns ``dataset, model, defense, threat, eps, n, attacks`` (comma list),
+        ``worst_case_acc`` (in [0, 1]) and ``best_single_acc`` (the lowest single-attack
+        accuracy, for comparison: worst_case_acc <= best_single_acc).
+
+    Raises:
+        ConfigError: ``df`` is empty.
+    """
+    cells = _ordered(_require(df), baseline)
+    keys = ["dataset", "split", "model", "defense", "threat", "norm", "eps", "n"]
+    rows = []
+    for key, g in cells.groupby(keys, sort=False):
+        correct = np.stack([np.asarray(c, dtype=bool) for c in g["robust_correct"]])
+        rec = dict(zip(keys, key))
+        rows.append({**{k: rec[k] for k in ("dataset", "model", "defense", "threat", "eps")},
+                     "n": int(rec["n"]), "attacks": ",".join(dict.fromkeys(g["attack"])),
+                     "worst_case_acc": float(correct.all(axis=0).mean()),
+                     "best_single_acc": float(g["robust_acc"].min())})
+    return pd.DataFrame(rows)
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{100 * float(value):.1f}"
+
+
+def _display(wide: pd.DataFrame) -> pd.DataFrame:
+    """The wide table as strings: percentages, n ranges marked ``*``, BPDA cells marked ``†``."""
+    out = wide.astype(object).copy()
+    bpda = {tuple(p) for p in wide.attrs.get("bpda", [])}
+    for i, row in wide.iterrows():
+        key = f"{row['dataset']}/{row['model']}/{row['defense']}"
+        lo_hi = wide.attrs.get("n_range", {}).get(key)
+        out.at[i, "n"] = f"{lo_hi[0]}–{lo_hi[1]}{_VARIES_MARK}" if lo_hi else str(row["n"])
+        out.at[i, "clean_acc"] = _pct(row["clean_acc"])
+        for col in wide.attrs.get("attack_columns", []):
+            mark = _BPDA_MARK if (key, col) in bpda else ""
+            out.at[i, col] = _pct(row[col]) + mark
+    return out.rename(columns={"clean_acc": "clean"})
+
+
+def caption(df: pd.DataFrame) -> str:
+    """One line saying what the numbers are, on how many images, and what produced them."""
+    df = _require(df)
+    parts = []
+    for (ds, split), g in df.groupby(["dataset", "split"], sort=False):
+        lo, hi = int(g["n"].min()), int(g["n"].max())
+        parts.append(f"{ds}/{split}: n = {lo}" + (f"–{hi}" if hi != lo else ""))
+    threats = sorted(set(df["threat"]), key=_threat_rank)
+    notes = [f"{t} ({_THREAT_NOTES[t]})" if t in _THREAT_NOTES else t for t in threats]
+    revs = ", ".join(sorted(set(df["git_rev"].astype(str))))
+    date = str(df["created_at"].max())[:10]
+    text = (f"Accuracy (%) of each defended classifier on n test images per cell "
+            f"({'; '.join(parts)}). Attacks: {', '.join(sorted(set(df['attack']), key=natural_key))}"
+            f"; threat models: {'; '.join(notes)}; columns are attack/threat@eps (L-inf radius "
+            f"on the [0,1] scale). {_BPDA_MARK} gradients through BPDA; {_VARIES_MARK} n differs "
+            f"across the row's cells. Produced by bench (git {revs}) on {date}.")
+    return text
+
+
+def to_markdown(wide: pd.DataFrame, text: str) -> str:
+    """A Markdown pipe table of the wide leaderboard followed by the caption ``text``."""
+    shown = _display(wide)
+    lines = ["| " + " | ".join(map(str, shown.columns)) + " |",
+             "|" + "|".join("---" if c in ("dataset", "model", "defense", "kind") else "---:"
+                            for c in shown.columns) + "|"]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False)]
+    return "\n".join(lines) + f"\n\n{text}\n"
+
+
+def _native(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def to_records(long: pd.DataFrame) -> list[dict[str, Any]]:
+    """The long table as JSON-ready dicts: Python scalars, NaN as None, params decoded."""
+    records = []
+    for rec in long.to_dict(orient="records"):
+        rec = {k: _native(v) for k, v in rec.items()}
+        for col in ("attack_params", "defense_params"):
+            if isinstance(rec.get(col), str):
+                rec[col] = json.loads(rec[col])
+        records.append(rec)
+    return records
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f2f2f2}td:nth-child(-n+4){text-align:left}
+p.caption{max-width:60em;color:#555}img{max-width:100%;margin:1em 0;display:block}"""
+
+
+def to_html(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None = None) -> str:
+    """A static self-contained page: wide table, worst case, long table, and the PNG plots found
+    under ``out_dir/plots`` (linked by relative path). Inline CSS, no scripts, no network."""
+    wide = leaderboard(df, baseline)
+    plots = sorted((out_dir / "plots").glob("*.png")) if out_dir is not None else []
+    worst = worst_case(df, baseline)
+    for col in ("worst_case_acc", "best_single_acc"):
+        worst[col] = worst[col].map(_pct)
+    worst["eps"] = worst["eps"].map(format_eps)
+    body = [
+        "<h1>Adversarial defense leaderboard</h1>",
+        f'<p class="caption">{html.escape(caption(df))}</p>',
+        _display(wide).to_html(index=False, na_rep="–"),
+        "<h2>All-or-nothing (correct under every attack)</h2>",
+        worst.to_html(index=False, na_rep="–"),
+        "<h2>Plots</h2>" if plots else "",
+        *(f'<img src="plots/{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in plots),
+        "<h2>Every cell</h2>",
+        long_table(df, baseline).to_html(index=False, na_rep="–", float_format="%.4g"),
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>bench leaderboard</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+
+
+def render(df: pd.DataFrame, fmt: str, out_dir: str | Path | None = None,
+           baseline: str | None = None) -> str:
+    """Render the leaderboard as ``md``, ``csv``, ``json`` or ``html``.
+
+    Args:
+        df: cells as returned by ``Store.frame()``.
+        fmt: ``md`` (wide table in %, with a caption), ``csv`` (long table), ``json`` (long
+            table as records), ``html`` (static page with the tables and ``out_dir/plots/*.png``).
+        out_dir: when given, write ``out_dir/leaderboard.<fmt>`` (directory created) and return
+            its path; otherwise return the text.
+        baseline: the defense shown first in each block (see :func:`leaderboard`).
+
+    Raises:
+        ConfigError: unknown ``fmt``, or ``df`` is empty.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"Unknown report format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    df = _require(df)
+    out = Path(out_dir) if out_dir is not None else None
+    if fmt == "md":
+        text = to_markdown(leaderboard(df, baseline), caption(df))
+    elif fmt == "csv":
+        text = long_table(df, baseline).to_csv(index=False)
+    elif fmt == "json":
+        text = json.dumps(to_records(long_table(df, baseline)), indent=1) + "\n"
+    else:
+        text = to_html(df, baseline, out)
+    if out is None:
+        return text
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"leaderboard.{fmt}"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
