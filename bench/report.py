@@ -62,7 +62,9 @@ def _threat_rank(threat: str) -> tuple[int, str]:
 def _ordered(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     """``df`` sorted into leaderboard order (stable: ties keep the store's creation order)."""
     df = df.reset_index(drop=True).assign(_pos=lambda d: np.arange(len(d)))
-    groups = {k: i for i, k in enumerate(dict.fromkeys(zip(df["dataset"], df["model"])))}
+    pairs = list(df[["dataset", "model"]].itertuples(index=False, name=None))
+    triples = list(df[ROW_KEYS].itertuples(index=False, name=None))
+    groups = {k: i for i, k in enumerate(dict.fromkeys(pairs))}
     defense_rank: dict[tuple[str, str, str], int] = {}
     for (ds, model), g in df.groupby(["dataset", "model"], sort=False):
         names = list(dict.fromkeys(g["defense"]))
@@ -73,8 +75,8 @@ def _ordered(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     attacks = {a: i for i, a in enumerate(sorted(set(df["attack"]), key=natural_key))}
     threats = {t: i for i, t in enumerate(sorted(set(df["threat"]), key=_threat_rank))}
     keys = pd.DataFrame({
-        "_g": [groups[k] for k in zip(df["dataset"], df["model"])],
-        "_d": [defense_rank[k] for k in zip(df["dataset"], df["model"], df["defense"])],
+        "_g": [groups[k] for k in pairs],
+        "_d": [defense_rank[k] for k in triples],
         "_a": df["attack"].map(attacks),
         "_t": df["threat"].map(threats),
     })
@@ -101,8 +103,8 @@ def _latest_cells(ordered: pd.DataFrame) -> pd.DataFrame:
 
 def _labels(cells: pd.DataFrame) -> pd.Series:
     show_norm = cells["norm"].nunique() > 1
-    return pd.Series([column_label(a, t, e, n if show_norm else None) for a, t, e, n in
-                      zip(cells["attack"], cells["threat"], cells["eps"], cells["norm"])],
+    rows = cells[["attack", "threat", "eps", "norm"]].itertuples(index=False, name=None)
+    return pd.Series([column_label(a, t, e, n if show_norm else None) for a, t, e, n in rows],
                      index=cells.index)
 
 
@@ -138,7 +140,7 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
                "kind": g["defense_kind"].iloc[0], "clean_acc": float(widest["clean_acc"].mean()),
                "n": int(g["n"].min())}
         row.update({c: float("nan") for c in columns})
-        row.update(dict(zip(g["_label"], g["robust_acc"].astype(float))))
+        row.update(dict(zip(g["_label"], g["robust_acc"].astype(float), strict=True)))
         rows.append(row)
         if g["n"].nunique() > 1:
             n_range[key] = (int(g["n"].min()), int(g["n"].max()))
@@ -184,8 +186,8 @@ def worst_case(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
 
     Returns:
         Columns ``dataset, model, defense, threat, eps, n, attacks`` (comma list),
-        ``worst_case_acc`` (in [0, 1]) and ``best_single_acc`` (the lowest single-attack
-        accuracy, for comparison: worst_case_acc <= best_single_acc).
+        ``worst_case_acc`` (in [0, 1]) and ``min_single_acc`` (the strongest single attack's
+        accuracy, for comparison: worst_case_acc <= min_single_acc).
 
     Raises:
         ConfigError: ``df`` is empty.
@@ -195,11 +197,11 @@ def worst_case(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     rows = []
     for key, g in cells.groupby(keys, sort=False):
         correct = np.stack([np.asarray(c, dtype=bool) for c in g["robust_correct"]])
-        rec = dict(zip(keys, key))
+        rec = dict(zip(keys, key, strict=True))
         rows.append({**{k: rec[k] for k in ("dataset", "model", "defense", "threat", "eps")},
                      "n": int(rec["n"]), "attacks": ",".join(dict.fromkeys(g["attack"])),
                      "worst_case_acc": float(correct.all(axis=0).mean()),
-                     "best_single_acc": float(g["robust_acc"].min())})
+                     "min_single_acc": float(g["robust_acc"].min())})
     return pd.DataFrame(rows)
 
 
@@ -234,12 +236,16 @@ def caption(df: pd.DataFrame) -> str:
     notes = [f"{t} ({_THREAT_NOTES[t]})" if t in _THREAT_NOTES else t for t in threats]
     revs = ", ".join(sorted(set(df["git_rev"].astype(str))))
     date = str(df["created_at"].max())[:10]
-    text = (f"Accuracy (%) of each defended classifier on n test images per cell "
-            f"({'; '.join(parts)}). Attacks: {', '.join(sorted(set(df['attack']), key=natural_key))}"
-            f"; threat models: {'; '.join(notes)}; columns are attack/threat@eps (L-inf radius "
-            f"on the [0,1] scale). {_BPDA_MARK} gradients through BPDA; {_VARIES_MARK} n differs "
-            f"across the row's cells. Produced by bench (git {revs}) on {date}.")
-    return text
+    marks = ([f"{_BPDA_MARK} gradients through BPDA."] if df["bpda"].astype(bool).any() else [])
+    if (df.groupby(ROW_KEYS)["n"].nunique() > 1).any():
+        marks.append(f"{_VARIES_MARK} n differs across the row's cells (n shows the range; "
+                     f"the CSV has each cell's n).")
+    attacks = ", ".join(sorted(set(df["attack"]), key=natural_key))
+    return " ".join([
+        f"Accuracy (%) of each defended classifier on n test images per cell "
+        f"({'; '.join(parts)}). Attacks: {attacks}; threat models: {'; '.join(notes)}; "
+        f"columns are attack/threat@eps (L-inf radius on the [0,1] scale).", *marks,
+        f"Produced by bench (git {revs}) on {date}."])
 
 
 def to_markdown(wide: pd.DataFrame, text: str) -> str:
@@ -285,9 +291,11 @@ def to_html(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None 
     wide = leaderboard(df, baseline)
     plots = sorted((out_dir / "plots").glob("*.png")) if out_dir is not None else []
     worst = worst_case(df, baseline)
-    for col in ("worst_case_acc", "best_single_acc"):
+    for col in ("worst_case_acc", "min_single_acc"):
         worst[col] = worst[col].map(_pct)
     worst["eps"] = worst["eps"].map(format_eps)
+    worst = worst.rename(columns={"worst_case_acc": "all attacks (%)",
+                                  "min_single_acc": "strongest single attack (%)"})
     body = [
         "<h1>Adversarial defense leaderboard</h1>",
         f'<p class="caption">{html.escape(caption(df))}</p>',

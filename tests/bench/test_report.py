@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def test_long_table_columns_and_csv(frame: pd.DataFrame) -> None:
     assert "robust_correct" not in long.columns
     assert len(long) == len(frame)
     assert long["defense"].iloc[0] == "none"
-    back = pd.read_csv(pd.io.common.StringIO(render(frame, "csv")))
+    back = pd.read_csv(io.StringIO(render(frame, "csv")))
     assert list(back.columns) == list(long.columns)
 
 
@@ -139,7 +140,7 @@ def test_worst_case_all_or_nothing(frame: pd.DataFrame) -> None:
     row = worst[(worst["defense"] == "dunet") & (worst["threat"] == "oblivious")].iloc[0]
     # fgsm [1,1,0,1] & pgd100 [1,0,1,1] & ifgsm4 [1,1,1,1] -> [1,0,0,1]
     assert row["worst_case_acc"] == pytest.approx(0.5)
-    assert row["best_single_acc"] == pytest.approx(0.75)
+    assert row["min_single_acc"] == pytest.approx(0.75)
     assert row["attacks"] == "fgsm,ifgsm4,pgd100"
     advtrain = worst[worst["defense"] == "advtrain"]
     assert sorted(advtrain["n"]) == [4, 8]  # different slices are never combined

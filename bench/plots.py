@@ -1,0 +1,240 @@
+"""Layer-wise error amplification (HGD, Liao et al. CVPR 2018, Figure 5), for any ``nn.Module``.
+
+For a perturbed image x_p and its clean image x, the amplification at layer l of a classifier f is
+``E_l = ||f_l(x_p) - f_l(x)||_2 / ||f_l(x)||_2``, averaged over images. HGD plots it for
+adversarial images, Gaussian noise of the same norm, and the outputs of pixel-guided and
+logit-guided denoisers: the residual noise left by pixel denoisers grows with depth.
+
+Layers are found generically with forward hooks on every leaf module that computes something.
+
+Example::
+
+    curves = {"adversarial": amplification(f, x, x_adv),
+              "gaussian": amplification(f, x, gaussian_like(x, x_adv)),
+              "denoised": amplification(f, x, denoiser(x_adv))}
+    plot_amplification(curves, out_dir / "plots", "digits / cnn, PGD eps 0.3", "amplification")
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SKIPPED = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+           nn.FeatureAlphaDropout, nn.Identity, nn.Flatten, nn.Unflatten,
+           nn.Sequential, nn.ModuleList, nn.ModuleDict)
+MAX_TICK_LABELS = 40
+
+
+def probed_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The leaf modules of ``model`` whose outputs :func:`layer_outputs` records, by path."""
+    return [(name, m) for name, m in model.named_modules()
+            if name and not any(True for _ in m.children()) and not isinstance(m, SKIPPED)]
+
+
+def _first_tensor(output: object) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+@torch.no_grad()
+def layer_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The output of every computing leaf module of ``model`` for one forward pass of ``x``.
+
+    Hooks are put on Conv, Linear, pooling, normalization and activation layers (every leaf but
+    Dropout, Identity, Flatten). The model runs in eval mode (its mode is restored afterwards),
+    without gradient; outputs are cloned, so in-place activations do not alter earlier entries.
+
+    Args:
+        model: any module taking ``x``.
+        x: a batch, N x C x H x W in [0,1] for an image classifier.
+
+    Returns:
+        Module path -> output (N x ...), in forward (call) order. A module called more than once
+        gets ``path#2``, ``path#3``... for its later calls.
+    """
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str) -> Callable[[nn.Module, object, object], None]:
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            tensor = _first_tensor(output)
+            if tensor is None:
+                return
+            key, k = name, 1
+            while key in outputs:
+                k += 1
+                key = f"{name}#{k}"
+            outputs[key] = tensor.detach().clone()
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(name)) for name, m in probed_modules(model)]
+    was_training = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return outputs
+
+
+def _per_image_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).double().norm(dim=1)
+
+
+def amplification(model: nn.Module, x: torch.Tensor, x_perturbed: torch.Tensor,
+                  batch_size: int = 64) -> dict[str, float]:
+    """Layer-wise error amplification ``E_l = mean_i ||f_l(x_p,i) - f_l(x_i)|| / ||f_l(x_i)||``.
+
+    Norms are L2 over all non-batch dimensions of layer l's output. Images whose clean output at a
+    layer is exactly zero are left out of that layer's mean (the ratio is undefined).
+
+    Args:
+        model: the classifier f (any module; see :func:`layer_outputs`).
+        x: clean images, N x C x H x W in [0,1].
+        x_perturbed: the perturbed images, same shape (adversarial, noisy or denoised).
+        batch_size: images per forward pass (memory bound: every layer's output is kept).
+            Batches are moved to the device of the model's parameters.
+
+    Returns:
+        Layer path -> E_l (>= 0), ordered by depth (forward order); NaN where no image counted.
+    """
+    if x.shape != x_perturbed.shape:
+        raise ValueError(f"x {tuple(x.shape)} and x_perturbed {tuple(x_perturbed.shape)} differ "
+                         f"in shape; pass the perturbed version of each clean image.")
+    device = next(model.parameters(), x).device
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for start in range(0, len(x), batch_size):
+        clean = layer_outputs(model, x[start:start + batch_size].to(device))
+        pert = layer_outputs(model, x_perturbed[start:start + batch_size].to(device))
+        for name, ref in clean.items():
+            denom = _per_image_norm(ref)
+            keep = denom > 0
+            ratio = _per_image_norm(pert[name] - ref)[keep] / denom[keep]
+            sums[name] = sums.get(name, 0.0) + float(ratio.sum())
+            counts[name] = counts.get(name, 0) + int(keep.sum())
+    return {name: (sums[name] / counts[name] if counts[name] else math.nan) for name in sums}
+
+
+def gaussian_like(x: torch.Tensor, x_adv: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian-noise images with the adversarial perturbation's per-image L2 norm.
+
+    Returns ``clip(x + n, 0, 1)`` where ``n`` is i.i.d. Gaussian rescaled so that
+    ``||n_i||_2 = ||x_adv,i - x_i||_2`` for each image i. Clipping to [0,1] can only shorten the
+    noise, so the final noise norm is slightly lower than the adversarial one (pixels near 0 or 1).
+
+    Args:
+        x: clean images, N x C x H x W in [0,1].
+        x_adv: adversarial images, same shape, in [0,1].
+        generator: random source (its device is used to draw the noise); None: the global one.
+
+    Returns:
+        Noisy images, same shape as ``x``, in [0,1].
+    """
+    device = generator.device if generator is not None else x.device
+    noise = torch.randn(x.shape, generator=generator, device=device).to(x.device, x.dtype)
+    target = (x_adv - x).flatten(1).norm(dim=1)
+    scale = target / noise.flatten(1).norm(dim=1).clamp_min(1e-12)
+    noise = noise * scale.view(-1, *([1] * (x.dim() - 1)))
+    return (x + noise).clamp(0.0, 1.0)
+
+
+def figure5_curves(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                   denoised: Mapping[str, torch.Tensor] | None = None,
+                   generator: torch.Generator | None = None) -> dict[str, dict[str, float]]:
+    """The curves of HGD's Figure 5, relative to the clean images ``x``.
+
+    Args:
+        model: the target classifier f.
+        x: clean images, N x C x H x W in [0,1].
+        x_adv: their adversarial versions, same shape, in [0,1].
+        denoised: curve name (e.g. a defense name) -> that defense's output for ``x_adv``.
+        generator: random source of the Gaussian-noise curve.
+
+    Returns:
+        ``{"adversarial": E, "gaussian": E, <name>: E...}`` for :func:`plot_amplification`.
+    """
+    curves = {"adversarial": amplification(model, x, x_adv),
+              "gaussian": amplification(model, x, gaussian_like(x, x_adv, generator))}
+    for name, x_hat in (denoised or {}).items():
+        curves[name] = amplification(model, x, x_hat)
+    return curves
+
+
+def _layer_order(curves: Mapping[str, Mapping[str, float]]) -> list[str]:
+    layers: dict[str, None] = {}
+    for curve in curves.values():
+        layers.update(dict.fromkeys(curve))
+    return list(layers)
+
+
+def write_curves_csv(curves: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+    """Write ``layer, depth, <curve>...`` rows (empty where a curve lacks the layer)."""
+    layers = _layer_order(curves)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["layer", "depth", *curves])
+        for depth, layer in enumerate(layers):
+            w.writerow([layer, depth, *(repr(float(c[layer])) if layer in c else ""
+                                        for c in curves.values())])
+    return path
+
+
+def plot_amplification(curves: Mapping[str, Mapping[str, float]], out_dir: str | Path,
+                       title: str = "Layer-wise error amplification",
+                       stem: str = "amplification") -> list[Path]:
+    """Plot E_l against layer depth, one line per curve (HGD Figure 5).
+
+    Args:
+        curves: curve name (e.g. ``adversarial``, ``gaussian``, a defense name) -> the
+            :func:`amplification` dict. Layers are aligned by name, in first-seen order.
+        out_dir: directory to write to (created).
+        title: the figure title.
+        stem: file name without extension.
+
+    Returns:
+        The paths of ``<stem>.png``, ``<stem>.svg`` and ``<stem>.csv`` (columns ``layer, depth``
+        then one per curve). The y axis is logarithmic when the positive values span more than
+        two decades.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise ValueError("No curves to plot: pass {name: amplification(...)} for at least one.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = _layer_order(curves)
+    fig = Figure(figsize=(min(4 + 0.25 * len(layers), 18), 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    positive = []
+    for name, curve in curves.items():
+        depth = [i for i, layer in enumerate(layers) if layer in curve]
+        values = [float(curve[layers[i]]) for i in depth]
+        positive += [v for v in values if v > 0 and math.isfinite(v)]
+        ax.plot(depth, values, marker="o", markersize=3, linewidth=1.5, label=name)
+    if positive and max(positive) / min(positive) > 100:
+        ax.set_yscale("log")
+    step = max(1, math.ceil(len(layers) / MAX_TICK_LABELS))
+    ax.set_xticks(range(0, len(layers), step), layers[::step], rotation=60, ha="right",
+                  fontsize=7)
+    ax.set(xlabel="layer (forward order)", ylabel=r"$E_l = \|f_l(x_p) - f_l(x)\| / \|f_l(x)\|$",
+           title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
+    with matplotlib.rc_context({"svg.hashsalt": "bench"}):
+        fig.savefig(paths[0], dpi=150, metadata={"Software": None})
+        fig.savefig(paths[1], metadata={"Date": None})
+    return [*paths, write_curves_csv(curves, out / f"{stem}.csv")]

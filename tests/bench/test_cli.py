@@ -1,0 +1,102 @@
+"""The command line: one-line errors with the fix, listing, and a small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.registry import ATTACKS, DEFENSES
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "--defense", "lgdd"], "Did you mean 'lgd'"),
+        (["run", "--attack", "pdg100"], "Did you mean 'pgd100'"),
+        (["run", "--dataset", "mnsit"], "Did you mean 'mnist'"),
+        (["run", "--model", "cnn33"], "Did you mean 'cnn3x3'"),
+        (["run", "--eps=-0.1"], "outside [0, 1]"),
+        (["run", "--eps", "1.5"], "outside [0, 1]"),
+        (["run", "--eps", "abc"], "Bad epsilon"),
+        (["run", "--n", "0"], "--n 0"),
+        (["run", "--threat", "blackbox"], "Unknown threat model"),
+        (["run", "--defense-opt", "epochs"], "key=value"),
+    ],
+)
+def test_bad_input_is_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                     argv: list[str], expected: str) -> None:
+    if "lgdd" in argv and "lgd" not in DEFENSES:
+        pytest.skip("lgd not registered")
+    code, out, err = run_cli(capsys, *argv, "--results", str(tmp_path / "r.sqlite"))
+    assert code == 2
+    line = error_line(err)
+    assert expected in line
+    if "Did you mean" in expected:
+        assert "python -m bench list" in line
+
+
+def test_missing_data_names_path_and_both_fixes(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "run", "--dataset", "mnist", "--data-root", str(tmp_path),
+                           "--attack", "fgsm", "--results", str(tmp_path / "r.sqlite"))
+    assert code == 2
+    line = error_line(err)
+    assert str(tmp_path) in line and "--data-root" in line and "--download" in line
+
+
+def test_list_globs_in_natural_order(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "list", "attacks", "pgd*")
+    names = [ln.split()[0] for ln in out.splitlines()]
+    assert code == 0 and names == ATTACKS.list("pgd*")
+    assert names.index("pgd10") < names.index("pgd100") < names.index("pgd1000")
+
+
+def test_leaderboard_without_store_is_an_error(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "leaderboard", "--results", str(tmp_path / "none.sqlite"))
+    assert code == 2 and "bench run" in error_line(err)
+
+
+def test_run_then_leaderboard_formats(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    db = str(tmp_path / "r.sqlite")
+    code, out, _ = run_cli(capsys, "run", "--attack", "fgsm,noise", "--n", "40", "--eps", "0.2",
+                           "--results", db)
+    assert code == 0
+    assert "none" in out and "fgsm" in out and "%" in out
+    rows = sqlite3.connect(db).execute("SELECT count(*), count(DISTINCT config_hash) "
+                                       "FROM results").fetchone()
+    assert rows == (4, 4)  # none x {fgsm, noise} x {oblivious, whitebox}
+    code, md, _ = run_cli(capsys, "leaderboard", "--results", db, "--format", "md")
+    assert code == 0 and md.strip() in out
+    code, csv, _ = run_cli(capsys, "leaderboard", "--results", db, "--format", "csv")
+    header = csv.splitlines()[0].split(",")
+    for col in ("dataset", "model", "defense", "attack", "threat", "eps", "n", "clean_acc",
+                "robust_acc"):
+        assert col in header
+    assert len(csv.strip().splitlines()) == 5
+    code, js, _ = run_cli(capsys, "leaderboard", "--results", db, "--format", "json")
+    assert len(json.loads(js)) == 4
+    code, path, _ = run_cli(capsys, "leaderboard", "--results", db, "--format", "html",
+                            "--out", str(tmp_path / "site"))
+    html = Path(path.strip()).read_text()
+    assert "<table" in html and "</html>" in html
+    # a second run of the same grid is a no-op on the store
+    code, out2, _ = run_cli(capsys, "run", "--attack", "fgsm,noise", "--n", "40", "--eps", "0.2",
+                            "--results", db)
+    assert code == 0 and out2 == out
