@@ -51,8 +51,20 @@ def check_alpha(alpha: float | None) -> None:
         raise ConfigError(f"alpha={alpha!r}: the step size must be > 0, e.g. --alpha 2/255.")
 
 
+def torch_seed() -> int:
+    """A seed drawn from torch's global generator, for torchattacks classes that reseed torch
+    themselves (APGD, Square, AutoAttack's parts).
+
+    :meth:`bench.attack.Attack.__call__` seeds that generator from the attack's ``seed`` or the
+    runner's per-batch seed, so passing this on makes both reach those classes (a fixed
+    ``self.seed`` would give every batch the same random starts).
+    """
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x_adv`` projected onto the L-inf ``eps``-ball around ``x`` and onto [0,1] (N x C x H x W)."""
+    """``x_adv`` projected onto the L-inf ``eps``-ball around ``x`` and onto [0,1] (N x C x H x W
+    tensors)."""
     return torch.clamp(x + torch.clamp(x_adv - x, -eps, eps), 0.0, 1.0)
 
 

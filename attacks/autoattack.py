@@ -25,7 +25,9 @@ Arguments:
     eps: L-inf radius on the [0,1] scale (e.g. 8/255).
     alpha: must be None.
     targeted: must be None.
-    seed: seed of the random starts (and of Square's random search).
+    seed: seed of the random starts (and of Square's random search); the torchattacks classes
+        get a seed drawn from torch's generator after :class:`bench.attack.Attack` seeded it,
+        so the runner's per-batch seeds reach them too.
     steps: iterations of APGD (and AutoAttack's APGD-T and FAB-T) (default 100).
     n_restarts: APGD random restarts (default 1).
     loss: APGD only, ``ce`` or ``dlr`` (default ``ce``).
@@ -45,7 +47,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from attacks._common import check_steps, no_step, untargeted_only
+from attacks._common import check_steps, no_step, torch_seed, untargeted_only
 from bench.attack import TorchAttack
 from bench.errors import ConfigError
 from bench.registry import register_attack
@@ -84,7 +86,7 @@ class APGD(TorchAttack):
 
     def make(self, model: nn.Module) -> Any:
         return torchattacks.APGD(model, norm="Linf", eps=self.eps, steps=self.steps,
-                                 n_restarts=self.n_restarts, seed=self.seed, loss=self.loss)
+                                 n_restarts=self.n_restarts, seed=torch_seed(), loss=self.loss)
 
 
 @register_attack("autoattack", steps=100, n_queries=5000)
@@ -116,7 +118,7 @@ class AutoAttack(TorchAttack):
             raise ConfigError(f"autoattack needs at least 4 classes (its targeted DLR loss), the "
                               f"model has {n_classes}: use apgd or square instead.")
         atk = torchattacks.AutoAttack(model, norm="Linf", eps=self.eps, version="standard",
-                                      n_classes=n_classes, seed=self.seed)
+                                      n_classes=n_classes, seed=torch_seed())
         for sub in atk._autoattack.attacks:
             if isinstance(sub, torchattacks.Square):
                 sub.n_queries = self.n_queries

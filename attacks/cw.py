@@ -62,7 +62,7 @@ def cw_margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = False
     return own - other if targeted else other - own
 
 
-@register_attack("cw100", steps=100)
+@register_attack("cw100", steps=100, kappa=0.0)
 class CWLinf(Attack):
     """PGD on the Carlini-Wagner margin loss inside the L-inf ball (Madry et al.'s "CW").
 

@@ -11,13 +11,13 @@
 
 Norm: L-inf. Inputs: images N x C x H x W in [0,1], labels N; output has the same shape and range.
 
-Arguments (both classes):
+Arguments:
     eps: L-inf radius on the [0,1] scale (e.g. 8/255).
     alpha: step size. FGSM: default ``eps`` (a smaller value gives a shorter step); I-FGSM:
         default ``eps / steps``.
     targeted: None, ``random`` or ``least-likely`` (descend the CE of the target class).
     seed: seed of the random targets (both attacks are otherwise deterministic).
-    steps: I-FGSM only, number of iterations (default 10; variants fix 2, 4 or 8).
+    steps: I-FGSM only; number of iterations (default 10; variants fix 2, 4 or 8).
 
 Example::
 

@@ -12,8 +12,10 @@ with ``grad`` the gradient of the cross-entropy (of ``-CE`` towards the target w
 Default ``alpha = eps / steps`` and ``decay = 1.0``, the paper's settings.
 
 Implemented here rather than wrapping ``torchattacks.MIFGSM``: that class divides by the mean
-absolute gradient with no guard, so an image whose gradient is exactly zero (a saturated softmax in
-float32) turns into NaN; here the L1 norm is floored at 1e-12 and such an image simply stays put.
+absolute gradient with no guard, so once an image's gradient is exactly zero (a saturated softmax
+in float32) its momentum becomes NaN for the rest of the run and the image stops moving for good
+(``torch.sign(nan)`` is 0 on CPU). Here the L1 norm is floored at 1e-12, so a zero gradient adds
+nothing and the accumulated momentum keeps the image moving.
 
 Norm: L-inf. Inputs: images N x C x H x W in [0,1], labels N; output has the same shape and range.
 
@@ -41,7 +43,7 @@ from bench.errors import ConfigError
 from bench.registry import register_attack
 
 
-@register_attack("mifgsm10", steps=10)
+@register_attack("mifgsm10", steps=10, decay=1.0)
 class MIFGSM(Attack):
     """Momentum iterative FGSM (Dong et al. 2018).
 

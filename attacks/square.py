@@ -19,7 +19,8 @@ Arguments:
     eps: L-inf radius on the [0,1] scale (e.g. 8/255).
     alpha: must be None.
     targeted: None, ``random`` or ``least-likely``.
-    seed: seed of the random search.
+    seed: seed of the random search (via a seed drawn from torch's generator after
+        :class:`bench.attack.Attack` seeded it, so the runner's per-batch seeds reach it).
     n_queries: query budget per image and restart (default 5000).
     n_restarts: number of restarts (default 1).
     p_init: initial fraction of pixels in a square (default 0.8).
@@ -37,7 +38,7 @@ from typing import Any
 import torchattacks
 from torch import nn
 
-from attacks._common import check_steps, no_step
+from attacks._common import check_steps, no_step, torch_seed
 from bench.attack import TorchAttack
 from bench.errors import ConfigError
 from bench.registry import register_attack
@@ -81,4 +82,4 @@ class Square(TorchAttack):
     def make(self, model: nn.Module) -> Any:
         return torchattacks.Square(model, norm="Linf", eps=self.eps, n_queries=self.n_queries,
                                    n_restarts=self.n_restarts, p_init=self.p_init,
-                                   loss=self.loss, seed=self.seed)
+                                   loss=self.loss, seed=torch_seed())

@@ -109,7 +109,7 @@ class Attack(ABC):
             logits = model(x)
         k = logits.shape[1]
         if self.targeted == "least-likely":
-            return logits.argmin(1)
+            return logits.scatter(1, y.view(-1, 1), float("inf")).argmin(1)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         shift = torch.randint(1, k, y.shape, generator=gen).to(y.device)
         return (y + shift) % k
@@ -142,7 +142,9 @@ class TorchAttack(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         atk = self.make(model)
         if self.targeted == "random":
-            atk.set_mode_targeted_by_function(lambda im, lab: self.target_labels(model, im, lab))
+            atk.set_mode_targeted_by_function(lambda im, lab: self.target_labels(model, im, lab),
+                                              quiet=True)
         elif self.targeted == "least-likely":
-            atk.set_mode_targeted_least_likely()
+            atk.set_mode_targeted_by_function(lambda im, lab: self.target_labels(model, im, lab),
+                                              quiet=True)
         return atk(x, y)

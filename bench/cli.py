@@ -54,6 +54,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--defense-opt", action="append", metavar="[NAME.]KEY=VALUE",
                    help="defense option, e.g. epochs=5 or lgd.epochs=5 (repeatable)")
+    p.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
+                   help="classifier option, e.g. epochs=2, pretrained=false, weights=PATH")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +122,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         "data_root": args.data_root, "results": args.results,
         "defense_opts": parse_options(args.defense_opt),
         "attack_opts": parse_options(args.attack_opt),
+        "model_opts": parse_options(args.model_opt),
     }
     if args.config:
         return RunConfig.from_file(args.config, **values)
@@ -145,7 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for model in split_list(args.model) or [None]:
             s = Session(ds, model, seed=args.seed, device=device, cache=Cache(),
                         data_root=args.data_root, download=args.download,
-                        batch_size=args.batch_size, defense_opts=parse_options(args.defense_opt))
+                        batch_size=args.batch_size, defense_opts=parse_options(args.defense_opt),
+                        model_opts=parse_options(args.model_opt))
             print(f"{ds}/{s.model_name}: test accuracy {s.target.meta.get('test_acc', 'n/a')}")
             for name in split_list(args.defense):
                 s.defense(name, retrain=args.retrain)
@@ -184,7 +188,8 @@ def cmd_plot_amplification(args: argparse.Namespace) -> int:
     for ds in split_list(args.dataset):
         s = Session(ds, args.model, n=args.n, seed=args.seed, device=device, cache=Cache(),
                     data_root=args.data_root, download=args.download, batch_size=args.batch_size,
-                    defense_opts=parse_options(args.defense_opt))
+                    defense_opts=parse_options(args.defense_opt),
+                    model_opts=parse_options(args.model_opt))
         eps = parse_eps(args.eps) if args.eps else s.info.default_eps
         attack = s.build_attack(args.attack, eps)
         x, _ = s.test

@@ -127,6 +127,7 @@ class RunConfig:
     results: str | None = None
     defense_opts: dict[str, Any] = field(default_factory=dict)
     attack_opts: dict[str, Any] = field(default_factory=dict)
+    model_opts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n <= 0:
@@ -138,8 +139,8 @@ class RunConfig:
             raise ConfigError(f"--targeted {self.targeted!r}: use 'random' or 'least-likely'.")
         if self.alpha is not None and not (0 < self.alpha <= 1):
             raise ConfigError(f"--alpha {self.alpha} must be in (0, 1] on the pixel scale.")
-        for e in self.eps:
-            parse_eps(e)
+        # A config file may write eps as "8/255": store the parsed float, never the string.
+        object.__setattr__(self, "eps", tuple(parse_eps(e) for e in self.eps))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,7 +151,9 @@ class RunConfig:
         try:
             raw = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"Cannot read config file {path}: {exc}. Pass a JSON object.") from exc
+            raise ConfigError(
+                f"Cannot read config file {path}: {exc}. Pass a JSON object."
+            ) from exc
         names = {f.name for f in fields(cls)}
         unknown = set(raw) - names
         if unknown:

@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
-from bench.errors import DuplicatePluginError, PluginImportError, UnknownPluginError
+from bench.errors import (
+    ConfigError,
+    DuplicatePluginError,
+    PluginImportError,
+    UnknownPluginError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +58,17 @@ class Entry(Generic[T]):
         """The plugin's declared kind (``preprocessor``/``model`` for defenses), else ``-``."""
         return str(getattr(self.builder, "kind", "-"))
 
+    def resolve(self, **kwargs: Any) -> dict[str, Any]:
+        """The full constructor arguments: defaults, then the variant's settings, then kwargs."""
+        return _resolve(self.name, self.builder, {**self.overrides, **kwargs})
+
     def build(self, **kwargs: Any) -> T:
-        """Build the variant; ``kwargs`` override the variant's registered settings."""
-        params = {**self.overrides, **kwargs}
+        """Build the variant; ``kwargs`` override the variant's registered settings.
+
+        The built object records every constructor argument, defaults filled in, as ``params``
+        (so a changed default changes every cache key and config hash that includes it).
+        """
+        params = self.resolve(**kwargs)
         obj = self.builder(**params)
         try:
             obj.registry_name = self.name  # type: ignore[attr-defined]
@@ -63,6 +76,23 @@ class Entry(Generic[T]):
         except AttributeError:  # builders may return immutable objects
             pass
         return obj
+
+
+def _resolve(name: str, builder: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the builder's defaults filled in; unknown options are a ConfigError."""
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):
+        return params
+    accepted = [p for p in sig.parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = sorted(set(params) - {p.name for p in accepted})
+        if unknown:
+            raise ConfigError(f"'{name}' takes no option {', '.join(unknown)}; it accepts: "
+                              f"{', '.join(p.name for p in accepted) or 'none'}.")
+    filled = {p.name: p.default for p in accepted if p.default is not p.empty}
+    return {**filled, **params}
 
 
 def _describe(obj: Any, description: str | None) -> str:
@@ -135,25 +165,33 @@ class Registry(Generic[T]):
 
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> None:
-        """Import the built-in plugins and the third-party entry points, once."""
+        """Import the built-in plugins and the third-party entry points, once.
+
+        A failure is raised again on every later use rather than leaving a half-filled registry.
+        """
         if self._loaded:
             return
-        self._loaded = True
-        if self.builtin:
-            importlib.import_module(self.builtin)
-        if self.group:
-            for ep in metadata.entry_points(group=self.group):
-                try:
-                    ep.load()
-                except DuplicatePluginError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - any failure is reported, never skipped
-                    self._loaded = False
-                    raise PluginImportError(
-                        f"Third-party {self.kind} plugin '{ep.name}' ({ep.value}, entry point group "
-                        f"'{self.group}') failed to import: {type(exc).__name__}: {exc}. Fix or "
-                        f"uninstall that package."
-                    ) from exc
+        self._loaded = True  # set first: a plugin may look names up while it registers
+        try:
+            if self.builtin:
+                importlib.import_module(self.builtin)
+            for ep in metadata.entry_points(group=self.group) if self.group else ():
+                self._load_entry_point(ep)
+        except BaseException:
+            self._loaded = False
+            raise
+
+    def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
+        try:
+            ep.load()
+        except DuplicatePluginError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is reported, never skipped
+            raise PluginImportError(
+                f"Third-party {self.kind} plugin '{ep.name}' ({ep.value}, entry point "
+                f"group '{self.group}') failed to import: {type(exc).__name__}: {exc}. "
+                f"Fix or uninstall that package."
+            ) from exc
 
     # -- lookup -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -200,8 +238,13 @@ class Registry(Generic[T]):
         return self.get(name).module
 
     def _unknown_message(self, name: str) -> str:
-        known = self.names() + [f"{p}:" for p in self._prefixes]
-        close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
+        prefix, sep, rest = name.partition(":")
+        if sep and rest:  # a family name with a mistyped prefix: 'tim:resnet18' -> 'timm:resnet18'
+            close = [f"{p}:{rest}" for p in difflib.get_close_matches(
+                prefix.lower(), list(self._prefixes), n=3, cutoff=0.5)]
+        else:
+            known = self.names() + [f"{p}:" for p in self._prefixes]
+            close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return (f"Unknown {self.kind} '{name}'.{hint} "
                 f"See: python -m bench list {self.kind}s")

@@ -110,7 +110,8 @@ class Runner:
                                   device=self.device, cache=self.cache,
                                   data_root=self.cfg.data_root, download=self.cfg.download,
                                   batch_size=self.cfg.batch_size,
-                                  defense_opts=self.cfg.defense_opts)
+                                  defense_opts=self.cfg.defense_opts,
+                                  model_opts=self.cfg.model_opts)
                 hashes += self._run_session(session)
         return hashes
 

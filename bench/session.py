@@ -114,16 +114,13 @@ class Session:
         """Constructor options of defense ``name`` (from ``--defense-opt``), shape included."""
         entry = DEFENSES.get(name)
         opts = accepted(entry.builder, self.defense_opts, name)
-        return {**entry.overrides, **opts, "input_shape": self.info.input_shape,
-                "num_classes": self.info.num_classes}
+        return entry.resolve(**opts, input_shape=self.info.input_shape,
+                             num_classes=self.info.num_classes)
 
     def defense(self, name: str, retrain: bool = False) -> Defense:
         """Defense ``name`` built for this dataset and fitted (trained or loaded from cache)."""
         if name not in self._defenses or retrain:
-            entry = DEFENSES.get(name)
-            params = self.defense_params(name)
-            d: Defense = entry.build(**{k: v for k, v in params.items()
-                                        if k not in entry.overrides})
+            d: Defense = DEFENSES.get(name).build(**self.defense_params(name))
             meta = fit_or_load(d, self.fit_context(), retrain=retrain) if d.needs_training else {}
             self._defenses[name] = d.to(self.device).eval()
             self._fit_meta[name] = meta
