@@ -37,6 +37,20 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def load_error_summary(exc: BaseException, limit: int = 200) -> str:
+    """One line saying why a state dict did not load.
+
+    torch's first line only says "Error(s) in loading state_dict for X:"; the next one names the
+    missing or unexpected keys or the size mismatch, so that one is kept.
+    """
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    why = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+    why = why.rstrip(".")
+    return why if len(why) <= limit else why[: limit - 3] + "..."
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -76,9 +90,9 @@ class Cache:
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
             raise CheckpointError(
-                f"Cached weights {path} do not fit {name} ({first}). Delete the file to retrain."
+                f"Cached weights {path} do not fit {name} ({load_error_summary(exc)}). Delete the "
+                f"file to retrain."
             ) from exc
         log.info("loaded cached %s %s from %s", kind, name, path)
         return meta

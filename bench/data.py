@@ -244,8 +244,8 @@ class ImageNet(BenchDataset):
                                  transforms.CenterCrop(size), transforms.ToTensor()])
         ds = datasets.ImageFolder(str(sub), transform=tf)
         if len(ds.classes) != self.num_classes:
-            log.warning("imagenet %s has %d class folders, not %d: labels follow their sorted order",
-                        split, len(ds.classes), self.num_classes)
+            log.warning("imagenet %s has %d class folders, not %d: labels follow their sorted "
+                        "order", split, len(ds.classes), self.num_classes)
         return ds
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.cache import Cache, stable_hash
+from bench.cache import Cache, load_error_summary, stable_hash
 from bench.data import BenchDataset
 from bench.errors import CheckpointError, ConfigError
 from bench.registry import MODELS, register_model
@@ -143,7 +143,8 @@ class CifarResNet18(Classifier):
                 layers.append(_BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
                 cin = cout
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(cin, num_classes))
 
 
 @register_model("vgg11")
@@ -165,7 +166,14 @@ class CifarVGG11(Classifier):
                 layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
                 cin = int(v)
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(cin, num_classes))
+
+
+def _per_channel(values: Sequence[float] | None, channels: int) -> list[float]:
+    """timm's RGB mean/std for ``channels`` inputs (their average for grey images)."""
+    values = list(values or (0.5,) * 3)
+    return values if len(values) == channels else [sum(values) / len(values)] * channels
 
 
 class TimmClassifier(Classifier):
@@ -178,24 +186,36 @@ class TimmClassifier(Classifier):
                  weights: str | None = None) -> None:
         import timm
 
-        overlay = {"file": str(Path(weights).expanduser())} if weights else None
+        overlay = None
+        if weights:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise CheckpointError(
+                    f"Weights file {path} for timm:{arch} does not exist. Pass weights=PATH of a "
+                    f"saved state dict (.safetensors, .pth), or pretrained=false to train it here."
+                )
+            overlay = {"file": str(path)}
         try:
             net = timm.create_model(arch, pretrained=pretrained or bool(weights),
-                                    num_classes=num_classes, pretrained_cfg_overlay=overlay)
-        except RuntimeError as exc:
-            if "Unknown model" in str(exc):
-                raise ConfigError(f"timm has no model '{arch}'. See timm.list_models().") from exc
-            raise
+                                    num_classes=num_classes, in_chans=input_shape[0],
+                                    pretrained_cfg_overlay=overlay)
         except Exception as exc:  # noqa: BLE001 - hub or file errors, re-raised with the fix
+            if isinstance(exc, RuntimeError) and "Unknown model" in str(exc):
+                raise ConfigError(f"timm has no model '{arch}'. See timm.list_models().") from exc
+            why = f"{type(exc).__name__}: {load_error_summary(exc)}"
+            if weights:
+                raise CheckpointError(
+                    f"Weights file {path} could not be loaded into timm:{arch} ({why}). Pass "
+                    f"a state dict saved from timm's {arch}, or pretrained=false to train it here."
+                ) from exc
             raise CheckpointError(
-                f"Pretrained weights for timm:{arch} could not be loaded ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}). Run once with network access "
-                f"to fill the Hugging Face cache, pass weights=PATH with --model-opt, or "
-                f"pretrained=false to train it here."
+                f"Pretrained weights for timm:{arch} could not be loaded ({why}). Run once with "
+                f"network access to fill the Hugging Face cache, pass weights=PATH with "
+                f"--model-opt, or pretrained=false to train it here."
             ) from exc
         cfg = net.pretrained_cfg
-        super().__init__(input_shape, num_classes, list(cfg.get("mean", (0.5,) * 3)),
-                         list(cfg.get("std", (0.5,) * 3)))
+        super().__init__(input_shape, num_classes, _per_channel(cfg.get("mean"), input_shape[0]),
+                         _per_channel(cfg.get("std"), input_shape[0]))
         self.net = net
         self.arch = arch
         self.pretrained = bool(pretrained or weights)

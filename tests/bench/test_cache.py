@@ -1,0 +1,178 @@
+"""The content-addressed weight and tensor cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import bench.cache
+from bench.cache import Cache, _atomic_write, stable_hash
+from bench.errors import CheckpointError
+
+KEY = {"model": "cnn", "dataset": "digits", "recipe": {"epochs": 1, "lr": 1e-3}, "seed": 0}
+
+
+def _net(width: int = 4) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, width, 3), torch.nn.BatchNorm2d(width))
+
+
+def test_stable_hash_is_independent_of_key_order() -> None:
+    a = {"x": 1, "y": {"b": [1, 2], "a": "s"}}
+    b = {"y": {"a": "s", "b": [1, 2]}, "x": 1}
+    assert stable_hash(a) == stable_hash(b)
+    assert stable_hash(a) != stable_hash({**a, "x": 2})
+    assert stable_hash({"l": [1, 2]}) != stable_hash({"l": [2, 1]})  # list order matters
+    assert stable_hash({"t": (1, 2)}) == stable_hash({"t": [1, 2]})  # JSON has one sequence type
+    assert len(stable_hash(a)) == 16 and len(stable_hash(a, length=8)) == 8
+    assert all(c in "0123456789abcdef" for c in stable_hash(a))
+
+
+def test_stable_hash_is_stable_across_runs() -> None:
+    # A literal value: changing the hashing scheme silently orphans every user's cache.
+    assert stable_hash({"b": 1, "a": [1, "x"]}) == stable_hash({"a": [1, "x"], "b": 1})
+    assert stable_hash({}) == "44136fa355b3678a"
+
+
+def test_default_root_is_the_configured_cache_dir() -> None:
+    assert Cache().root == Path(os.environ["BENCH_CACHE_DIR"]).resolve()
+
+
+def test_path_is_under_kind_and_sanitizes_the_name(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    p = cache.path("classifiers", "imagenet-timm:inception_v3", KEY)
+    assert p.parent == tmp_path / "classifiers"
+    assert p.name == f"imagenet-timm_inception_v3-{stable_hash(KEY)}.safetensors"
+    assert cache.path("classifiers", "x", {**KEY, "seed": 1}) != cache.path("classifiers", "x", KEY)
+
+
+def test_tensors_round_trip_with_metadata(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    assert cache.load_tensors("sets", "a", KEY) is None
+    x = torch.arange(12.0).view(3, 4)[:, ::2]  # non-contiguous on purpose
+    path = cache.save_tensors({"x": x}, "sets", "a", KEY, meta={"acc": 0.5})
+    tensors, meta = cache.load_tensors("sets", "a", KEY)  # type: ignore[misc]
+    assert torch.equal(tensors["x"], x) and meta == {"acc": 0.5}
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["key"] == KEY and sidecar["key_hash"] == stable_hash(KEY)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        [path.name, path.with_suffix(".json").name])  # no temporary files left behind
+
+
+def test_memo_tensors_computes_once(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    calls = []
+
+    def make() -> dict[str, torch.Tensor]:
+        calls.append(1)
+        return {"x": torch.ones(2)}
+
+    first = cache.memo_tensors("sets", "m", KEY, make)
+    second = cache.memo_tensors("sets", "m", KEY, make)
+    assert len(calls) == 1 and torch.equal(first["x"], second["x"])
+
+
+def test_module_round_trip(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    net = _net()
+    assert cache.load_module(_net(), "defenses", "d", KEY) is None
+    net[1].running_mean.fill_(0.25)  # buffers are saved too
+    cache.save_module(net, "defenses", "d", KEY, meta={"loss": 1.0})
+    other = _net()
+    assert cache.load_module(other, "defenses", "d", KEY) == {"loss": 1.0}
+    for a, b in zip(net.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "f.bin"
+    _atomic_write(target, lambda p: p.write_bytes(b"old"))
+
+    def crash(p: Path) -> None:
+        p.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _atomic_write(target, crash)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
+
+
+def test_interrupted_save_is_a_cache_miss_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = Cache(tmp_path)
+
+    def crash(tensors: dict, filename: str) -> None:
+        Path(filename).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench.cache, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cache.save_module(_net(), "defenses", "d", KEY)
+    assert cache.load_module(_net(), "defenses", "d", KEY) is None
+    assert not any(p.suffix == ".tmp" for p in (tmp_path / "defenses").iterdir())
+
+
+def _one_line_naming(err: pytest.ExceptionInfo[CheckpointError], path: Path) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert str(path) in msg
+    return msg
+
+
+@pytest.mark.parametrize("content", [b"garbage", b""], ids=["garbage", "empty"])
+def test_corrupt_weights_raise_checkpoint_error(tmp_path: Path, content: bytes) -> None:
+    cache = Cache(tmp_path)
+    path = cache.save_module(_net(), "defenses", "d", KEY)
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        cache.load_module(_net(), "defenses", "d", KEY)
+    assert "Delete it" in _one_line_naming(err, path)
+
+
+def test_truncated_weights_raise_checkpoint_error(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    path = cache.save_module(_net(64), "defenses", "d", KEY)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as err:
+        cache.load_module(_net(64), "defenses", "d", KEY)
+    _one_line_naming(err, path)
+
+
+def test_sidecar_for_another_key_raises_checkpoint_error(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    path = cache.save_module(_net(), "defenses", "d", KEY)
+    side = path.with_suffix(".json")
+    side.write_text(json.dumps({**json.loads(side.read_text()), "key_hash": "0" * 16}))
+    with pytest.raises(CheckpointError) as err:
+        cache.load_module(_net(), "defenses", "d", KEY)
+    assert "different configuration" in _one_line_naming(err, path)
+
+
+@pytest.mark.parametrize("damage", ["delete", "garble"])
+def test_missing_or_corrupt_sidecar_raises_checkpoint_error(tmp_path: Path, damage: str) -> None:
+    cache = Cache(tmp_path)
+    path = cache.save_module(_net(), "defenses", "d", KEY)
+    side = path.with_suffix(".json")
+    if damage == "delete":
+        side.unlink()
+    else:
+        side.write_text("{not json")
+    with pytest.raises(CheckpointError) as err:
+        cache.load_module(_net(), "defenses", "d", KEY)
+    assert str(side) in _one_line_naming(err, path)
+
+
+def test_state_dict_that_does_not_fit_raises_checkpoint_error(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    path = cache.save_module(_net(), "defenses", "d", KEY)
+    save_file({"0.weight": torch.zeros(8, 1, 3, 3)}, str(path))  # wrong shape, keys missing
+    with pytest.raises(CheckpointError) as err:
+        cache.load_module(_net(), "defenses", "d", KEY)
+    assert "do not fit" in _one_line_naming(err, path)
