@@ -52,6 +52,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--fit-images", type=_positive_int, default=None,
+                   help="training images of a defense's recipe (default: the dataset's)")
     p.add_argument("--defense-opt", action="append", metavar="[NAME.]KEY=VALUE",
                    help="defense option, e.g. epochs=5 or lgd.epochs=5 (repeatable)")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
@@ -119,7 +121,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         "eps": tuple(parse_eps(e) for e in split_list(args.eps)), "n": args.n,
         "seed": args.seed, "alpha": args.alpha, "targeted": args.targeted,
         "batch_size": args.batch_size, "device": args.device, "download": args.download,
-        "data_root": args.data_root, "results": args.results,
+        "data_root": args.data_root, "results": args.results, "fit_images": args.fit_images,
         "defense_opts": parse_options(args.defense_opt),
         "attack_opts": parse_options(args.attack_opt),
         "model_opts": parse_options(args.model_opt),
@@ -149,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             s = Session(ds, model, seed=args.seed, device=device, cache=Cache(),
                         data_root=args.data_root, download=args.download,
                         batch_size=args.batch_size, defense_opts=parse_options(args.defense_opt),
-                        model_opts=parse_options(args.model_opt))
+                        model_opts=parse_options(args.model_opt), fit_images=args.fit_images)
             print(f"{ds}/{s.model_name}: test accuracy {s.target.meta.get('test_acc', 'n/a')}")
             for name in split_list(args.defense):
                 s.defense(name, retrain=args.retrain)
@@ -189,7 +191,7 @@ def cmd_plot_amplification(args: argparse.Namespace) -> int:
         s = Session(ds, args.model, n=args.n, seed=args.seed, device=device, cache=Cache(),
                     data_root=args.data_root, download=args.download, batch_size=args.batch_size,
                     defense_opts=parse_options(args.defense_opt),
-                    model_opts=parse_options(args.model_opt))
+                    model_opts=parse_options(args.model_opt), fit_images=args.fit_images)
         eps = parse_eps(args.eps) if args.eps else s.info.default_eps
         attack = s.build_attack(args.attack, eps)
         x, _ = s.test

@@ -117,6 +117,7 @@ class RunConfig:
     threats: tuple[str, ...] = ()
     eps: tuple[float, ...] = ()
     n: int | None = None
+    fit_images: int | None = None
     seed: int = 0
     alpha: float | None = None
     targeted: str | None = None
@@ -133,6 +134,9 @@ class RunConfig:
         if self.n is not None and self.n <= 0:
             raise ConfigError(f"--n {self.n} is not a positive number of test images: use --n 100, "
                               f"or leave it out to evaluate the whole test split.")
+        if self.fit_images is not None and self.fit_images <= 0:
+            raise ConfigError(f"--fit-images {self.fit_images} must be a positive number of "
+                              f"training images.")
         if self.batch_size <= 0:
             raise ConfigError(f"--batch-size {self.batch_size} must be positive.")
         if self.targeted not in (None, "random", "least-likely"):

@@ -58,6 +58,7 @@ class FitContext:
         cache: the weight cache (defenses may memoize intermediate tensors there).
         seed: training seed.
         key: what identifies the classifier(s) and data; part of every weight-cache key.
+        fit_images: training images a recipe uses (None: the dataset's ``fit_images``).
     """
 
     dataset: BenchDataset
@@ -67,15 +68,21 @@ class FitContext:
     cache: Cache
     seed: int = 0
     key: dict[str, Any] = field(default_factory=dict)
+    fit_images: int | None = None
 
     @property
     def info(self) -> DatasetInfo:
         return self.dataset.info
 
+    @property
+    def budget(self) -> int:
+        """How many training images a defense's recipe uses here."""
+        return int(self.fit_images or self.info.fit_images)
+
     def train_tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` training images (default: the dataset's ``fit_images``), shuffled
-        once with a fixed seed so small subsets still cover every class."""
-        n = n or self.info.fit_images
+        """``n`` training images (default: :attr:`budget`), drawn by a fixed permutation so
+        that small subsets still cover every class."""
+        n = n or self.budget
         x, y = self.dataset.tensors("train")
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))[:n]
         return x[order], y[order]
@@ -152,7 +159,7 @@ def fit_or_load(defense: Defense, ctx: FitContext, retrain: bool = False) -> dic
         return {}
     name = getattr(defense, "registry_name", type(defense).__name__.lower())
     key = {**defense.cache_key(), "context": ctx.key, "seed": ctx.seed,
-           "fit_images": ctx.info.fit_images}
+           "fit_images": ctx.budget}
     prefix = f"{ctx.info.name}-{name}"
     if not retrain:
         meta = ctx.cache.load_module(defense, "defenses", prefix, key)

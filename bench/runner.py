@@ -111,7 +111,8 @@ class Runner:
                                   data_root=self.cfg.data_root, download=self.cfg.download,
                                   batch_size=self.cfg.batch_size,
                                   defense_opts=self.cfg.defense_opts,
-                                  model_opts=self.cfg.model_opts)
+                                  model_opts=self.cfg.model_opts,
+                                  fit_images=self.cfg.fit_images)
                 hashes += self._run_session(session)
         return hashes
 
@@ -152,7 +153,7 @@ class Runner:
                 "model_opts": s.model_opts, "defense": c.defense,
                 "defense_params": s.defense_params(c.defense), "attack": c.attack,
                 "attack_params": attack.describe(), "threat": c.threat.value, "norm": attack.norm,
-                "eps": c.eps, "seed": self.cfg.seed}
+                "eps": c.eps, "seed": self.cfg.seed, "fit_images": self.cfg.fit_images}
 
     def cell_hash(self, s: Session, c: Cell) -> str:
         return stable_hash(self.cell_config(s, c), length=24)

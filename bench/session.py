@@ -66,7 +66,7 @@ class Session:
                  n: int | None = None, seed: int = 0, device: torch.device | None = None,
                  cache: Cache | None = None, data_root: str | None = None, download: bool = False,
                  batch_size: int = 250, defense_opts: dict[str, Any] | None = None,
-                 model_opts: dict[str, Any] | None = None) -> None:
+                 model_opts: dict[str, Any] | None = None, fit_images: int | None = None) -> None:
         self.dataset = (dataset if isinstance(dataset, BenchDataset)
                         else get_dataset(dataset, root=data_root, download=download))
         self.info = self.dataset.info
@@ -78,6 +78,7 @@ class Session:
         self.batch_size = batch_size
         self.defense_opts = dict(defense_opts or {})
         self.model_opts = dict(model_opts or {})
+        self.fit_images = fit_images
         self._defenses: dict[str, Defense] = {}
         self._fit_meta: dict[str, dict[str, Any]] = {}
         self._adv: dict[str, torch.Tensor] = {}
@@ -107,7 +108,7 @@ class Session:
         key = {"dataset": self.info.name, "classifier": self.target.key,
                "surrogates": [s.key for s in self.surrogates]}
         return FitContext(self.dataset, self.classifier, [s.model for s in self.surrogates],
-                          self.device, self.cache, self.seed, key)
+                          self.device, self.cache, self.seed, key, self.fit_images)
 
     # -- defenses -----------------------------------------------------------------------------
     def defense_params(self, name: str) -> dict[str, Any]:

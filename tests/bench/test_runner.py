@@ -18,7 +18,7 @@ from bench.runner import Runner
 from bench.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
-EPS = ["0.05", "0.1", "0.15", "0.2", "0.25", "0.3"]
+EPS = ["0.1", "0.2", "0.3"]
 
 
 def count(db: Path) -> tuple[int, int]:
@@ -33,8 +33,8 @@ def count(db: Path) -> tuple[int, int]:
 
 def grid_command(db: Path) -> list[str]:
     return [sys.executable, "-m", "bench", "-q", "run", "--dataset", "digits", "--defense", "none",
-            "--attack", "pgd100,ifgsm8", "--eps", ",".join(EPS), "--threat", "oblivious,whitebox",
-            "--n", "120", "--results", str(db)]
+            "--attack", "pgd40,ifgsm8", "--eps", ",".join(EPS), "--threat", "oblivious,whitebox",
+            "--n", "100", "--results", str(db)]
 
 
 def test_kill_midway_then_resume_completes_grid(tmp_path: Path) -> None:
