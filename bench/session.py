@@ -121,6 +121,7 @@ class Session:
     def defense(self, name: str, retrain: bool = False) -> Defense:
         """Defense ``name`` built for this dataset and fitted (trained or loaded from cache)."""
         if name not in self._defenses or retrain:
+            torch.manual_seed(self.seed)  # initial weights are part of what the cache key names
             d: Defense = DEFENSES.get(name).build(**self.defense_params(name))
             meta = fit_or_load(d, self.fit_context(), retrain=retrain) if d.needs_training else {}
             self._defenses[name] = d.to(self.device).eval()

@@ -4,7 +4,10 @@ Every clean image is attacked six times: FGSM on the target, on the surrogate an
 ensemble (mean logits), and I-FGSM2/4/8 on the ensemble, with step eps/n and no random start. Each
 adversarial image has its own radius eps = k/16 * eps_max, k uniform in 1..16 (on ImageNet,
 eps_max = 16/255 gives the paper's integers [1,16]/255). The paper's 30K images x 7 attacks on
-three ImageNet models become ``fit_images`` x 6 on the dataset's two models.
+three ImageNet models become ``fit_images`` x 6 on the dataset's two models. The four ensemble
+attacks share their first gradient (all start at the clean image), so each model takes 13 gradient
+passes per clean image, not 16. The set is held in memory (float32): fine up to ~10^5 small images;
+ImageNet at the paper's scale would need a streamed set.
 """
 
 from __future__ import annotations

@@ -118,5 +118,6 @@ def test_trained_weights_are_cached_and_reloaded(name: str, fitted: dict[str, De
     again = build(name)
     monkeypatch.setattr(type(again), "fit", lambda self, ctx: pytest.fail("retrained"))
     fit_or_load(again, context)
-    for (k, a), b in zip(fitted[name].state_dict().items(), again.state_dict().values()):
+    for (k, a), b in zip(fitted[name].state_dict().items(), again.state_dict().values(),
+                         strict=True):
         assert torch.equal(a, b), k
