@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.cache import Cache, load_error_summary, stable_hash
+from bench.config import cache_dir
 from bench.data import BenchDataset
 from bench.errors import CheckpointError, ConfigError
 from bench.registry import MODELS, register_model
@@ -277,3 +278,74 @@ def load_classifier(name: str, dataset: BenchDataset, *, cache: Cache, device: t
         log.info("%s on %s: test accuracy %.4f", name, info.name, meta["test_acc"])
         cache.save_module(model, "classifiers", f"{info.name}-{name}", key, meta)
     return LoadedModel(name, model.to(device).eval(), stable_hash(key), meta)
+
+
+def import_robustbench() -> Any:
+    """Import robustbench 1.1.1 as the package index ships it.
+
+    Two quirks are handled here, deliberately: robustbench imports a module ``autoattack`` that the
+    index ships as ``pyautoattack`` (aliased below when the original is absent), and it imports
+    ``pkg_resources``, which setuptools removed in version 81.
+    """
+    import importlib
+    import sys
+
+    try:
+        importlib.import_module("autoattack.state")
+    except ImportError:
+        try:
+            sys.modules.setdefault("autoattack", importlib.import_module("pyautoattack"))
+            sys.modules.setdefault("autoattack.state", importlib.import_module("pyautoattack.state"))
+        except ImportError:
+            pass  # robustbench's own import below reports what is missing
+    try:
+        return importlib.import_module("robustbench.utils")
+    except ImportError as exc:
+        if "pkg_resources" in str(exc):
+            raise ConfigError("robustbench 1.1.1 needs pkg_resources, gone from setuptools 81: "
+                              "pip install 'setuptools<81'.") from exc
+        raise ConfigError(f"robustbench models need the robustbench extra ({exc}): pip install "
+                          f"'advdefense-bench[robustbench]'.") from exc
+
+
+class RobustBenchClassifier(Classifier):
+    """A RobustBench model-zoo classifier ([0,1] inputs, normalization inside, as in the zoo).
+
+    Weights are read from ``<model_dir>/<dataset>/<threat>/<name>.pt``; robustbench downloads them
+    there when the file is absent and the network is reachable.
+    """
+
+    def __init__(self, name: str, input_shape: Sequence[int] = (3, 32, 32),
+                 num_classes: int = 10, dataset: str = "cifar10", threat_model: str = "Linf",
+                 model_dir: str | None = None) -> None:
+        super().__init__(input_shape, num_classes)
+        utils = import_robustbench()
+        folder = Path(model_dir).expanduser() if model_dir else cache_dir() / "robustbench"
+        try:
+            self.net = utils.load_model(name, model_dir=str(folder), dataset=dataset,
+                                        threat_model=threat_model)
+        except KeyError as exc:
+            raise ConfigError(f"RobustBench has no {dataset}/{threat_model} model '{name}'. See "
+                              f"robustbench's model zoo.") from exc
+        except Exception as exc:  # noqa: BLE001 - download or file errors, re-raised with the fix
+            raise CheckpointError(
+                f"RobustBench weights for {name} could not be loaded from {folder} "
+                f"({type(exc).__name__}: {load_error_summary(exc)}). Place {name}.pt under "
+                f"{folder}/{dataset}/{threat_model}/ or run once with network access."
+            ) from exc
+        self.pretrained = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.net, "forward_features"):
+            return self.net.forward_features(x)
+        raise ConfigError("This RobustBench model exposes no feature maps; feature-guided "
+                          "defenses need a timm or bench model.")
+
+
+@MODELS.register_prefix("robustbench")
+def robustbench_model(name: str, **kwargs: Any) -> RobustBenchClassifier:
+    """A RobustBench model-zoo entry, e.g. robustbench:Standard (extra: [robustbench])."""
+    return RobustBenchClassifier(name, **kwargs)
