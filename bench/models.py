@@ -244,6 +244,14 @@ class LoadedModel:
     meta: dict[str, Any]
 
 
+RECIPE_OPTIONS = ("epochs", "lr", "batch_size", "train_images")
+
+
+def recipe_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The training-recipe part of model options (what also applies to surrogate models)."""
+    return {k: v for k, v in opts.items() if k in RECIPE_OPTIONS}
+
+
 def load_classifier(name: str, dataset: BenchDataset, *, cache: Cache, device: torch.device,
                     seed: int = 0, **opts: Any) -> LoadedModel:
     """Build classifier ``name`` for ``dataset``; load pretrained or cached weights, else train.
@@ -253,7 +261,7 @@ def load_classifier(name: str, dataset: BenchDataset, *, cache: Cache, device: t
     """
     info = dataset.info
     entry = MODELS.get(name)
-    base_recipe = getattr(entry.builder, "recipe", Classifier.recipe)
+    base_recipe = {"train_images": None, **getattr(entry.builder, "recipe", Classifier.recipe)}
     recipe = {**base_recipe, **{k: v for k, v in opts.items() if k in base_recipe}}
     arch_opts = {k: v for k, v in opts.items() if k not in base_recipe}
     model: Classifier = entry.build(input_shape=info.input_shape, num_classes=info.num_classes,
@@ -265,7 +273,7 @@ def load_classifier(name: str, dataset: BenchDataset, *, cache: Cache, device: t
     meta = cache.load_module(model, "classifiers", f"{info.name}-{name}", key)
     if meta is None:
         log.info("training classifier %s on %s (cached afterwards) ...", name, info.name)
-        x, y = dataset.tensors("train")
+        x, y = dataset.tensors("train", recipe["train_images"])
         torch.manual_seed(seed)
         model = entry.build(input_shape=info.input_shape, num_classes=info.num_classes,
                             **arch_opts)

@@ -20,7 +20,7 @@ from bench.attack import Attack
 from bench.cache import Cache, stable_hash
 from bench.data import BenchDataset, get_dataset
 from bench.defense import Defense, FitContext, fit_or_load
-from bench.models import LoadedModel, load_classifier
+from bench.models import LoadedModel, load_classifier, recipe_options
 from bench.registry import ATTACKS, DEFENSES
 from bench.train import batches, check_finite, progress
 
@@ -98,7 +98,7 @@ class Session:
     def surrogates(self) -> list[LoadedModel]:
         names = [m for m in self.info.models if m != self.model_name]
         return [load_classifier(m, self.dataset, cache=self.cache, device=self.device,
-                                seed=self.seed) for m in names]
+                                seed=self.seed, **recipe_options(self.model_opts)) for m in names]
 
     @property
     def classifier(self) -> nn.Module:

@@ -2,8 +2,8 @@
 
 Undefended PGD-100 is far below FGSM; under the oblivious threat the logit-guided denoiser keeps
 far more accuracy than no defense; under the whitebox threat it loses most of that advantage.
-The budgets are shrunk (one classifier epoch, a 2,000-image denoiser training set, 200 test
-images) so this runs in a few minutes on 2 CPU cores, from an empty cache.
+The budgets are shrunk (one classifier epoch on 20,000 images, a 1,500-image denoiser training
+set, 200 test images) so this runs in a few minutes on 2 CPU cores, from an empty cache.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from bench.store import Store
 def test_mnist_physics_on_a_small_slice(mnist_root: Path, tmp_path: Path) -> None:
     cfg = RunConfig(datasets=("mnist",), defenses=("none", "dunet", "lgd"),
                     attacks=("fgsm", "pgd100"), threats=("oblivious", "whitebox"), eps=(0.2,),
-                    n=200, data_root=str(mnist_root), model_opts={"epochs": 1},
-                    fit_images=2000, defense_opts={"epochs": 6})
+                    n=200, data_root=str(mnist_root),
+                    model_opts={"epochs": 1, "train_images": 20000},
+                    fit_images=1500, defense_opts={"epochs": 4})
     store = Store(tmp_path / "r.sqlite")
     Runner(cfg, store, Cache(tmp_path / "cache")).run()
     df = store.frame()
