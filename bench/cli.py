@@ -25,7 +25,7 @@ log = logging.getLogger("bench")
 
 EPILOG = """examples:
   python -m bench run --defense lgd --attack pgd100
-  python -m bench run --dataset mnist --defense none,dunet,lgd --attack fgsm,pgd100 --eps 0.2 --n 1000
+  python -m bench run --dataset mnist --defense none,lgd --attack fgsm,pgd100 --eps 0.2 --n 1000
   python -m bench run --dataset cifar10 --attack pgd10 --eps 8/255 --threat whitebox
   python -m bench list attacks 'pgd*'
   python -m bench train --dataset mnist --model cnn

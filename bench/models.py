@@ -303,7 +303,8 @@ def import_robustbench() -> Any:
     except ImportError:
         try:
             sys.modules.setdefault("autoattack", importlib.import_module("pyautoattack"))
-            sys.modules.setdefault("autoattack.state", importlib.import_module("pyautoattack.state"))
+            state = importlib.import_module("pyautoattack.state")
+            sys.modules.setdefault("autoattack.state", state)
         except ImportError:
             pass  # robustbench's own import below reports what is missing
     try:

@@ -104,7 +104,8 @@ class Runner:
         validate_names(self.cfg)
         hashes: list[str] = []
         for ds_name in self.cfg.datasets:
-            models = self.cfg.models or (get_dataset(ds_name, root=self.cfg.data_root).info.models[0],)
+            info = get_dataset(ds_name, root=self.cfg.data_root).info
+            models = self.cfg.models or (info.models[0],)
             for model_name in models:
                 session = Session(ds_name, model_name, n=self.cfg.n, seed=self.cfg.seed,
                                   device=self.device, cache=self.cache,

@@ -60,7 +60,8 @@ def evaluated_model(classifier: nn.Module, defense: Defense) -> nn.Module:
     return classifier if defense.identity else Pipeline(classifier, defense)
 
 
-def attacked_model(threat: Threat, classifier: nn.Module, defense: Defense) -> tuple[nn.Module, str]:
+def attacked_model(threat: Threat, classifier: nn.Module,
+                   defense: Defense) -> tuple[nn.Module, str]:
     """The model the attack differentiates, and a key naming it for reuse of adversarial sets.
 
     Two threats that attack the same model share the key (e.g. the undefended baseline under
