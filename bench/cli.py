@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(run)
     run.add_argument("--defense", default="none", help="comma list of defenses")
-    run.add_argument("--attack", default="pgd100", help="comma list of attacks")
+    run.add_argument("--attack", default=None, help="comma list of attacks (required)")
     run.add_argument("--threat", default=None,
                      help="oblivious,whitebox (default: both)")
     run.add_argument("--eps", default=None, help="comma list, e.g. 0.2 or 8/255")
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     amp = psub.add_parser("amplification", help="layer-wise error amplification (HGD Fig. 5)")
     _common(amp)
     amp.add_argument("--defense", required=True, help="comma list of preprocessing defenses")
-    amp.add_argument("--attack", default="ifgsm4")
+    amp.add_argument("--attack", required=True, help="the oblivious attack, e.g. ifgsm4")
     amp.add_argument("--eps", default=None)
     amp.add_argument("--n", type=_positive_int, default=500)
     amp.add_argument("--out", default=None, help="folder (default results/plots)")

@@ -113,7 +113,7 @@ class RunConfig:
     datasets: tuple[str, ...] = ("digits",)
     models: tuple[str, ...] = ()
     defenses: tuple[str, ...] = ("none",)
-    attacks: tuple[str, ...] = ("pgd100",)
+    attacks: tuple[str, ...] = ()
     threats: tuple[str, ...] = ()
     eps: tuple[float, ...] = ()
     n: int | None = None

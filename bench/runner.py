@@ -24,6 +24,7 @@ from bench.cache import Cache, stable_hash
 from bench.config import PROJECT_ROOT, RunConfig, parse_eps
 from bench.data import get_dataset
 from bench.defense import MODEL, PREPROCESSOR, Defense
+from bench.errors import ConfigError
 from bench.registry import ATTACKS, DEFENSES, MODELS
 from bench.session import Session, baseline_name
 from bench.store import CellResult, Store
@@ -80,6 +81,9 @@ def validate_names(cfg: RunConfig) -> None:
         ATTACKS.get(name)
     for t in cfg.threats:
         Threat.parse(t)
+    if not cfg.attacks:
+        raise ConfigError("No attack given: pass --attack NAME[,NAME...]. See: python -m bench "
+                          "list attacks")
 
 
 def threats_for(cfg: RunConfig) -> list[Threat]:

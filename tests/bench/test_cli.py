@@ -37,6 +37,7 @@ def error_line(err: str) -> str:
         (["run", "--n", "0"], "--n 0"),
         (["run", "--threat", "blackbox"], "Unknown threat model"),
         (["run", "--defense-opt", "epochs"], "key=value"),
+        (["run"], "No attack given"),
     ],
 )
 def test_bad_input_is_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path: Path,
