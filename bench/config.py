@@ -67,12 +67,14 @@ def split_list(text: str | None) -> list[str]:
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """Parse ``key=value`` pairs; values are JSON when they parse as JSON, else strings."""
+    """Parse ``key=value`` or ``NAME.key=value`` pairs (``NAME`` scopes the option to one
+    plugin); values are JSON when they parse as JSON, else strings."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep or not re.match(r"^[a-z_][a-z0-9_]*$", key):
-            raise ConfigError(f"Bad option {item!r}: write key=value, e.g. epochs=5.")
+        if not sep or not re.match(r"^([a-z0-9][a-z0-9_:-]*\.)?[a-z_][a-z0-9_]*$", key):
+            raise ConfigError(f"Bad option {item!r}: write key=value or NAME.key=value, e.g. "
+                              f"epochs=5 or lgd.epochs=5.")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

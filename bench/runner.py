@@ -206,5 +206,5 @@ class Runner:
             device=str(self.device), git_rev=self.git_rev, attack_params=attack.describe(),
             defense_params=s.defense_params(c.defense), versions=self.versions,
             config=self.cell_config(s, c), metadata=meta, denoise_loss=loss,
-            bpda=uses_bpda(c.threat, defense),
+            bpda=uses_bpda(c.threat, defense, attack.gradient_free),
         )

@@ -73,6 +73,8 @@ def attacked_model(threat: Threat, classifier: nn.Module,
     return Pipeline(classifier, defense, adaptive=True), f"defense:{name}"
 
 
-def uses_bpda(threat: Threat, defense: Defense) -> bool:
-    """Whether the attack's gradients pass through a BPDA approximation."""
-    return threat is Threat.WHITEBOX and not defense.differentiable and not defense.identity
+def uses_bpda(threat: Threat, defense: Defense, gradient_free: bool = False) -> bool:
+    """Whether the attack's gradients pass through a BPDA approximation (never for an attack
+    that reads no gradients)."""
+    return (threat is Threat.WHITEBOX and not defense.differentiable and not defense.identity
+            and not gradient_free)

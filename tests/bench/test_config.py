@@ -148,3 +148,8 @@ def test_run_config_from_file_errors(tmp_path: Path) -> None:
     zero.write_text(json.dumps({"n": 0}))
     with pytest.raises(ConfigError, match="--n 0"):
         RunConfig.from_file(zero)
+
+
+def test_parse_options_accepts_plugin_scoped_keys() -> None:
+    opts = parse_options(["gcln-q10.qs=20", "lgd.epochs=5", "timm:resnet18.lr=0.1", "bits=4"])
+    assert opts == {"gcln-q10.qs": 20, "lgd.epochs": 5, "timm:resnet18.lr": 0.1, "bits": 4}

@@ -84,3 +84,45 @@ def test_row_holds_the_design_fields(tmp_path: Path) -> None:
     assert row["versions"]["torch"] and row["git_rev"] and row["device"] == "cpu"
     assert row["config"]["attack"] == "noise" and row["wall_time"] > 0
     assert 0 <= row["robust_acc"] <= row["clean_acc"] + 0.2
+
+
+def _non_differentiable_preprocessor() -> str:
+    from bench.registry import DEFENSES
+
+    for entry in DEFENSES.entries():
+        cls = entry.builder
+        if (getattr(cls, "kind", None) == "preprocessor" and not getattr(cls, "differentiable", 1)
+                and not getattr(cls, "needs_training", True)):
+            return entry.name
+    pytest.skip("no training-free non-differentiable preprocessor is registered")
+
+
+def test_bpda_is_recorded_for_whitebox_rows_only_and_marked(tmp_path: Path) -> None:
+    from bench.report import render
+
+    name = _non_differentiable_preprocessor()
+    cfg = RunConfig(datasets=("digits",), defenses=(name,), attacks=("fgsm",), n=20,
+                    eps=(0.2,), model_opts={"epochs": 1})
+    store = Store(tmp_path / "r.sqlite")
+    Runner(cfg, store, Cache()).run()
+    df = store.frame()
+    bpda = {(r.defense, r.threat): r.bpda for r in df.itertuples()}
+    assert bpda[(name, "whitebox")] is True and bpda[(name, "oblivious")] is False
+    assert not any(v for (d, _), v in bpda.items() if d != name)  # the baseline never
+    table = render(df, "md", baseline="none")
+    row = next(line for line in table.splitlines() if line.startswith(f"| digits | cnn | {name} "))
+    cells = row.split("|")
+    header = next(line for line in table.splitlines() if "fgsm/whitebox" in line).split("|")
+    assert cells[header.index(" fgsm/whitebox@0.2 ")].strip().endswith("†")
+    assert not cells[header.index(" fgsm/oblivious@0.2 ")].strip().endswith("†")
+
+
+def test_gradient_free_attacks_never_record_bpda() -> None:
+    from bench.registry import DEFENSES
+    from bench.threat import Threat, uses_bpda
+
+    name = _non_differentiable_preprocessor()
+    defense = DEFENSES.build(name, input_shape=(1, 28, 28), num_classes=10)
+    assert uses_bpda(Threat.WHITEBOX, defense)
+    assert not uses_bpda(Threat.WHITEBOX, defense, gradient_free=True)
+    assert not uses_bpda(Threat.OBLIVIOUS, defense)
