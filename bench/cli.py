@@ -14,9 +14,17 @@ from pathlib import Path
 import torch
 
 from bench.cache import Cache
-from bench.config import RunConfig, parse_eps, parse_options, results_path, split_list
+from bench.config import (
+    RunConfig,
+    format_eps,
+    parse_eps,
+    parse_options,
+    results_path,
+    split_list,
+)
+from bench.defense import MODEL
 from bench.errors import BenchError, ConfigError
-from bench.registry import REGISTRIES
+from bench.registry import DEFENSES, REGISTRIES
 from bench.session import Session
 from bench.store import open_store
 from bench.train import resolve_device
@@ -31,6 +39,15 @@ EPILOG = """examples:
   python -m bench train --dataset mnist --model cnn
   python -m bench leaderboard --format html --out results
   python -m bench plot amplification --dataset mnist --defense dunet,lgd --attack ifgsm4 --eps 0.2
+  python -m bench plot residual --dataset mnist --defense dunet,lgd --attack ifgsm4 --eps 0.2
+  python -m bench plot sweep --defense bitdepth --param bitdepth.bits --values 1,2,4,8 --attack fgsm
+"""
+PLOT_EPILOG = """examples:
+  python -m bench plot amplification --dataset mnist --defense dunet,lgd --attack ifgsm4 --eps 0.2
+  python -m bench plot residual --dataset mnist --defense dunet,lgd --attack ifgsm4 --eps 0.2
+  python -m bench plot sweep --defense bitdepth --param bitdepth.bits --values 1,2,4,8 --attack fgsm
+  python -m bench plot sweep --defense median --param eps --values 0.05,0.1,0.2,0.3 --attack pgd10
+  python -m bench plot sweep --defense jpeg --param pgd10.steps --values 1,2,5,10,20 --attack pgd10
 """
 
 
@@ -70,17 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a grid and print its leaderboard", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(run)
-    run.add_argument("--defense", default="none", help="comma list of defenses")
-    run.add_argument("--attack", default=None, help="comma list of attacks (required)")
-    run.add_argument("--threat", default=None,
-                     help="oblivious,whitebox (default: both)")
-    run.add_argument("--eps", default=None, help="comma list, e.g. 0.2 or 8/255")
-    run.add_argument("--n", type=int, default=None, help="evaluate the first n test images")
-    run.add_argument("--alpha", type=float, default=None, help="attack step size")
-    run.add_argument("--targeted", choices=["random", "least-likely"], default=None)
-    run.add_argument("--attack-opt", action="append", metavar="[NAME.]KEY=VALUE")
-    run.add_argument("--results", default=None, help="SQLite store (default results/bench.sqlite)")
-    run.add_argument("--config", default=None, help="JSON file of RunConfig fields")
+    _grid(run)
     run.set_defaults(func=cmd_run)
 
     train = sub.add_parser("train", help="train (and cache) a classifier and defenses")
@@ -100,17 +107,49 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", default=None, help="write leaderboard.<fmt> into this folder")
     lb.set_defaults(func=cmd_leaderboard)
 
-    plot = sub.add_parser("plot", help="analysis plots")
+    plot = sub.add_parser("plot", help="analysis plots (PNG, SVG and CSV; paths on stdout)",
+                          epilog=PLOT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     psub = plot.add_subparsers(dest="plot", required=True)
     amp = psub.add_parser("amplification", help="layer-wise error amplification (HGD Fig. 5)")
-    _common(amp)
-    amp.add_argument("--defense", required=True, help="comma list of preprocessing defenses")
-    amp.add_argument("--attack", required=True, help="the oblivious attack, e.g. ifgsm4")
-    amp.add_argument("--eps", default=None)
-    amp.add_argument("--n", type=_positive_int, default=500)
-    amp.add_argument("--out", default=None, help="folder (default results/plots)")
+    _analysis(amp)
     amp.set_defaults(func=cmd_plot_amplification)
+    res = psub.add_parser("residual", help="dx* vs predicted dx^ histogram, slope k (HGD Fig. 7)")
+    _analysis(res)
+    res.set_defaults(func=cmd_plot_residual)
+    swp = psub.add_parser("sweep", help="accuracy vs eps, a defense option or an attack option",
+                          epilog=PLOT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(swp)
+    _grid(swp)
+    swp.add_argument("--param", required=True,
+                     help="eps, DEFENSE.OPTION (e.g. bitdepth.bits) or ATTACK.OPTION (pgd10.steps)")
+    swp.add_argument("--values", required=True, help="comma list, e.g. 1,2,4,8 or 2/255,8/255")
+    swp.add_argument("--out", default=None, help="folder (default results/plots)")
+    swp.set_defaults(func=cmd_plot_sweep)
     return parser
+
+
+def _grid(p: argparse.ArgumentParser) -> None:
+    """The options of a grid of cells run through the Runner (``run``, ``plot sweep``)."""
+    p.add_argument("--defense", default="none", help="comma list of defenses")
+    p.add_argument("--attack", default=None, help="comma list of attacks (required)")
+    p.add_argument("--threat", default=None, help="oblivious,whitebox (default: both)")
+    p.add_argument("--eps", default=None, help="comma list, e.g. 0.2 or 8/255")
+    p.add_argument("--n", type=int, default=None, help="evaluate the first n test images")
+    p.add_argument("--alpha", type=float, default=None, help="attack step size")
+    p.add_argument("--targeted", choices=["random", "least-likely"], default=None)
+    p.add_argument("--attack-opt", action="append", metavar="[NAME.]KEY=VALUE")
+    p.add_argument("--results", default=None, help="SQLite store (default results/bench.sqlite)")
+    p.add_argument("--config", default=None, help="JSON file of RunConfig fields")
+
+
+def _analysis(p: argparse.ArgumentParser) -> None:
+    """The options of a plot of preprocessing defenses on one oblivious adversarial set."""
+    _common(p)
+    p.add_argument("--defense", required=True, help="comma list of preprocessing defenses")
+    p.add_argument("--attack", required=True, help="the oblivious attack, e.g. ifgsm4")
+    p.add_argument("--eps", default=None, help="one eps (default: the dataset's)")
+    p.add_argument("--n", type=_positive_int, default=500)
+    p.add_argument("--out", default=None, help="folder (default results/plots)")
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -182,35 +221,87 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_dir(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out else results_path().parent / "plots"
+
+
+def _session(args: argparse.Namespace, dataset: str) -> Session:
+    return Session(dataset, args.model, n=args.n, seed=args.seed,
+                   device=resolve_device(args.device), cache=Cache(), data_root=args.data_root,
+                   download=args.download, batch_size=args.batch_size,
+                   defense_opts=parse_options(args.defense_opt),
+                   model_opts=parse_options(args.model_opt), fit_images=args.fit_images)
+
+
+def _preprocessors(names: list[str], plot: str) -> list[str]:
+    """``names``, after checking that each is a preprocessing defense (one-line error naming the
+    model-kind ones otherwise)."""
+    whole = [n for n in names if DEFENSES.get(n).kind == MODEL]
+    if whole:
+        listed = ", ".join(f"'{n}'" for n in whole)
+        raise ConfigError(f"Defense(s) {listed} replace the classifier (kind 'model') and "
+                          f"output no denoised image x^: the {plot} plot compares "
+                          f"preprocessors; drop them from --defense.")
+    return names
+
+
+def _oblivious_set(args: argparse.Namespace, s: Session) -> tuple[float, torch.Tensor,
+                                                                  torch.Tensor]:
+    """eps, the clean slice and its oblivious adversarial images (attack on the classifier)."""
+    eps = parse_eps(args.eps) if args.eps else s.info.default_eps
+    x_adv = s.adversarial(s.build_attack(args.attack, eps), s.classifier, "classifier")
+    return eps, s.test[0], x_adv
+
+
 def cmd_plot_amplification(args: argparse.Namespace) -> int:
     from bench import plots
 
-    device = resolve_device(args.device)
-    out_dir = Path(args.out) if args.out else results_path().parent / "plots"
+    names = _preprocessors(split_list(args.defense), "amplification")
     for ds in split_list(args.dataset):
-        s = Session(ds, args.model, n=args.n, seed=args.seed, device=device, cache=Cache(),
-                    data_root=args.data_root, download=args.download, batch_size=args.batch_size,
-                    defense_opts=parse_options(args.defense_opt),
-                    model_opts=parse_options(args.model_opt), fit_images=args.fit_images)
-        eps = parse_eps(args.eps) if args.eps else s.info.default_eps
-        attack = s.build_attack(args.attack, eps)
-        x, _ = s.test
-        x_adv = s.adversarial(attack, s.classifier, "classifier")
+        s = _session(args, ds)
+        eps, x, x_adv = _oblivious_set(args, s)
         gen = torch.Generator().manual_seed(args.seed)
         curves = {"adversarial": plots.amplification(s.classifier, x, x_adv),
                   "random noise": plots.amplification(s.classifier, x,
                                                       plots.gaussian_like(x, x_adv, gen))}
-        for name in split_list(args.defense):
-            d = s.defense(name)
-            if d.kind != "preprocessor":
-                raise ConfigError(f"Defense '{name}' is a {d.kind}, not a preprocessor: the "
-                                  f"amplification plot compares denoised images.")
-            curves[f"{name} (denoised)"] = plots.amplification(s.classifier, x, s.apply(d, x_adv))
+        for name in names:
+            x_hat = s.apply(s.defense(name), x_adv)
+            curves[f"{name} (denoised)"] = plots.amplification(s.classifier, x, x_hat)
         stem = f"amplification-{ds}-{s.model_name}-{args.attack}"
         title = (f"Error amplification on {ds}/{s.model_name}: {args.attack} eps={eps:g}, "
                  f"n={len(x)}")
-        for path in plots.plot_amplification(curves, out_dir, title, stem):
+        for path in plots.plot_amplification(curves, _plot_dir(args), title, stem):
             print(path)
+    return 0
+
+
+def cmd_plot_residual(args: argparse.Namespace) -> int:
+    from bench.residual import plot_residual
+
+    names = _preprocessors(split_list(args.defense), "residual")
+    for ds in split_list(args.dataset):
+        s = _session(args, ds)
+        eps, x, x_adv = _oblivious_set(args, s)
+        panels = {name: (x_adv - x, x_adv - s.apply(s.defense(name), x_adv)) for name in names}
+        stem = f"residual-{ds}-{s.model_name}-{args.attack}"
+        title = (f"Adversarial vs predicted perturbation on {ds}/{s.model_name}: oblivious "
+                 f"{args.attack} eps={format_eps(eps)}, n={len(x)} images")
+        for path in plot_residual(panels, _plot_dir(args), title, stem):
+            print(path)
+    return 0
+
+
+def cmd_plot_sweep(args: argparse.Namespace) -> int:
+    from bench import sweep
+
+    cfg = _run_config(args)
+    param = sweep.parse_param(args.param, cfg)
+    values = sweep.parse_values(param, args.values)
+    store = open_store(results_path(cfg.results))
+    table = sweep.run_sweep(cfg, param, values, store)
+    for path in sweep.plot_sweep(table, param, _plot_dir(args)):
+        print(path)
+    log.info("cells stored in %s", store.path)
     return 0
 
 

@@ -21,6 +21,7 @@ import csv
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -208,7 +209,6 @@ def plot_amplification(curves: Mapping[str, Mapping[str, float]], out_dir: str |
         then one per curve). The y axis is logarithmic when the positive values span more than
         two decades.
     """
-    import matplotlib
     from matplotlib.figure import Figure
 
     if not curves:
@@ -233,8 +233,18 @@ def plot_amplification(curves: Mapping[str, Mapping[str, float]], out_dir: str |
            title=title)
     ax.grid(True, alpha=0.3)
     ax.legend()
+    return [*save_figure(fig, out, stem), write_curves_csv(curves, out / f"{stem}.csv")]
+
+
+def save_figure(fig: Any, out_dir: str | Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` (150 dpi) and ``<stem>.svg`` into ``out_dir`` (created),
+    without dates or random ids, so an unchanged plot gives unchanged files. Returns both paths."""
+    import matplotlib
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.svg"]
     with matplotlib.rc_context({"svg.hashsalt": "bench"}):
         fig.savefig(paths[0], dpi=150, metadata={"Software": None})
         fig.savefig(paths[1], metadata={"Date": None})
-    return [*paths, write_curves_csv(curves, out / f"{stem}.csv")]
+    return paths

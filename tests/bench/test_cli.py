@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv as csvmod
 import json
 import sqlite3
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.registry import ATTACKS, DEFENSES
+from bench.registry import ATTACKS, DEFENSES, Entry
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -101,3 +102,71 @@ def test_run_then_leaderboard_formats(capsys: pytest.CaptureFixture[str], tmp_pa
     code, out2, _ = run_cli(capsys, "run", "--attack", "fgsm,noise", "--n", "40", "--eps", "0.2",
                             "--results", db)
     assert code == 0 and out2 == out
+
+
+FAST = ["--model-opt", "epochs=1"]  # a 1-epoch classifier: these tests check the plumbing
+
+
+def test_plot_residual_writes_png_svg_and_fits(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    code, out, err = run_cli(capsys, "plot", "residual", "--defense", "median,bitdepth",
+                             "--attack", "fgsm", "--eps", "0.2", "--n", "20", *FAST,
+                             "--out", str(tmp_path / "plots"))
+    assert code == 0, err
+    paths = [Path(p) for p in out.split()]
+    assert [p.suffix for p in paths] == [".png", ".svg", ".csv"]
+    assert all(p.is_file() for p in paths) and paths[0].read_bytes()[:4] == b"\x89PNG"
+    rows = list(csvmod.DictReader(paths[2].open()))
+    assert [r["defense"] for r in rows] == ["median", "bitdepth"]
+    assert all(int(r["n_pixels"]) == 20 * 28 * 28 for r in rows)
+
+
+@pytest.mark.parametrize("plot", ["residual", "amplification"])
+def test_plot_rejects_model_kind_defenses(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                          plot: str) -> None:
+    class WholeModel:
+        kind = "model"
+
+    DEFENSES.load()
+    monkeypatch.setitem(DEFENSES._entries, "whole-net", Entry("whole-net", WholeModel))
+    code, out, err = run_cli(capsys, "plot", plot, "--defense", "median,whole-net", "--attack",
+                             "fgsm", "--out", str(tmp_path))
+    assert code == 2 and out == ""
+    line = error_line(err)
+    assert "'whole-net'" in line and "'median'" not in line and "--defense" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_plot_sweep_csv_equals_the_stored_cells(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    argv = ["plot", "sweep", "--defense", "bitdepth", "--param", "bitdepth.bits", "--values",
+            "1,2,4,8", "--attack", "fgsm", "--eps", "0.2", "--n", "20", *FAST,
+            "--results", str(db), "--out", str(tmp_path / "plots")]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    paths = [Path(p) for p in out.split()]
+    assert [p.suffix for p in paths] == [".png", ".svg", ".csv"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG"
+    rows = list(csvmod.DictReader(paths[2].open()))
+    con = sqlite3.connect(db)
+    stored = {h: (c, r, b) for h, c, r, b in con.execute(
+        "SELECT config_hash, clean_acc, robust_acc, bpda FROM results")}
+    assert len(stored) == 2 + 4 * 2  # baseline x 2 threats + 4 values x 2 threats
+    mine = [r for r in rows if r["defense"] == "bitdepth"]
+    assert [r["value"] for r in mine] == ["1", "2", "4", "8"] * 2
+    for r in rows:
+        clean, robust, bpda = stored[r["config_hash"]]
+        assert (float(r["clean_acc"]), float(r["robust_acc"])) == (clean, robust)
+        assert (r["bpda"] == "True") == bool(bpda)
+    assert run_cli(capsys, *argv)[1] == out  # a rerun reads the stored cells back
+    assert len(con.execute("SELECT config_hash FROM results").fetchall()) == len(stored)
+
+
+def test_plot_sweep_bad_param_is_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "plot", "sweep", "--defense", "bitdepth", "--param", "bits",
+                           "--values", "1,2", "--attack", "fgsm",
+                           "--results", str(tmp_path / "r.sqlite"))
+    assert code == 2 and "DEFENSE.OPTION" in error_line(err)
