@@ -2,6 +2,8 @@
 
 * ``preprocessor``: ``forward(x) -> x_hat``, same shape, in [0,1]; put in front of the classifier.
 * ``model``: ``forward(x) -> logits``; a whole classifier that replaces the dataset's default one.
+  A ``model`` defense may take a constructor parameter ``model``: the session passes the target
+  classifier's name (unless an option sets it) so it can build the same architecture.
 
 A defense declares whether it is ``differentiable`` (when not, :meth:`Defense.attack_forward`
 gives the attacker a BPDA approximation while leaving the forward result unchanged), whether it

@@ -45,6 +45,14 @@ def accepted(builder: Any, options: dict[str, Any], scope: str) -> dict[str, Any
     return out
 
 
+def takes(builder: Any, param: str) -> bool:
+    """Whether ``builder``'s signature names the parameter ``param``."""
+    try:
+        return param in inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def baseline_name() -> str:
     """The registered undefended baseline: the first defense declaring ``identity``."""
     for entry in DEFENSES.entries():
@@ -112,9 +120,15 @@ class Session:
 
     # -- defenses -----------------------------------------------------------------------------
     def defense_params(self, name: str) -> dict[str, Any]:
-        """Constructor options of defense ``name`` (from ``--defense-opt``), shape included."""
+        """Constructor options of defense ``name`` (from ``--defense-opt``), shape included.
+
+        A defense whose constructor takes ``model`` gets the target classifier's name unless an
+        option or its variant sets it (so it can build the same architecture).
+        """
         entry = DEFENSES.get(name)
         opts = accepted(entry.builder, self.defense_opts, name)
+        if "model" not in opts and "model" not in entry.overrides and takes(entry.builder, "model"):
+            opts["model"] = self.model_name
         return entry.resolve(**opts, input_shape=self.info.input_shape,
                              num_classes=self.info.num_classes)
 
