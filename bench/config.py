@@ -82,6 +82,19 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def int_option(plugin: str, name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``low..high`` (no upper bound when ``high`` is None), else a one-line
+    ConfigError naming the option and how to pass it. Integral floats (``4.0``) are accepted,
+    booleans are not."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and value == int(value)
+          and low <= value and (high is None or value <= high))
+    if not ok:
+        bounds = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{plugin} {name}={value!r} is not an integer {bounds}: pass e.g. "
+                          f"--defense-opt {plugin}.{name}={low if high is None else high}.")
+    return int(value)
+
+
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     """``--data-root``, else ``$BENCH_DATA_ROOT``, else ``~/.cache/bench/data``."""
     if explicit:

@@ -16,7 +16,7 @@ clipped) included.
 
 Example::
 
-    panels = {"dunet": (x_adv - x, x_adv - dunet(x_adv)), "lgd": (x_adv - x, x_adv - lgd(x_adv))}
+    panels = {name: (x_adv - x, x_adv - d(x_adv)) for name, d in denoisers.items()}
     plot_residual(panels, "results/plots", "mnist / cnn, ifgsm4 eps 0.2", "residual-mnist")
 """
 

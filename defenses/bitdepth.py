@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
+from bench.config import int_option
 from bench.defense import Defense
-from bench.errors import ConfigError
 from bench.registry import register_defense
 
 
@@ -64,11 +64,7 @@ class BitDepth(Defense):
         super().__init__(input_shape, num_classes)
         if bits is None:
             bits = paper_bits(self.input_shape)
-        if isinstance(bits, bool) or not isinstance(bits, (int, float)) or bits != int(bits) \
-                or not 1 <= bits <= 8:
-            raise ConfigError(f"bitdepth bits={bits!r} is not an integer in 1..8: pass e.g. "
-                              f"--defense-opt bitdepth.bits=4.")
-        self.bits = int(bits)
+        self.bits = int_option("bitdepth", "bits", bits, 1, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (N x C x H x W in [0,1]) quantized to ``2^bits`` levels; same shape and range."""

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.config import int_option
 from bench.defense import Defense
-from bench.errors import ConfigError
 from bench.registry import register_defense
 
 DEFAULT_QUALITY = 75  # Guo et al. 2018
@@ -98,11 +98,7 @@ class JPEG(Defense):
     def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, *,
                  quality: int = DEFAULT_QUALITY) -> None:
         super().__init__(input_shape, num_classes)
-        if isinstance(quality, bool) or not isinstance(quality, (int, float)) \
-                or quality != int(quality) or not 1 <= quality <= 100:
-            raise ConfigError(f"jpeg quality={quality!r} is not an integer in 1..100: pass e.g. "
-                              f"--defense-opt jpeg.quality=75.")
-        self.quality = int(quality)
+        self.quality = int_option("jpeg", "quality", quality, 1, 100)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """JPEG round trip of ``x`` (N x C x H x W in [0,1]); same shape, in [0,1]."""

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.config import int_option
 from bench.defense import Defense
-from bench.errors import ConfigError
 from bench.registry import register_defense
 
 
@@ -84,11 +84,7 @@ class MedianSmoothing(Defense):
         super().__init__(input_shape, num_classes)
         if kernel is None:
             kernel = paper_kernel(self.input_shape)
-        if isinstance(kernel, bool) or not isinstance(kernel, (int, float)) \
-                or kernel != int(kernel) or kernel < 1:
-            raise ConfigError(f"median kernel={kernel!r} is not an integer >= 1: pass e.g. "
-                              f"--defense-opt median.kernel=2.")
-        self.kernel = int(kernel)
+        self.kernel = int_option("median", "kernel", kernel, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Median-smoothed ``x`` (N x C x H x W in [0,1]); same shape and range."""

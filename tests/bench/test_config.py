@@ -153,3 +153,13 @@ def test_run_config_from_file_errors(tmp_path: Path) -> None:
 def test_parse_options_accepts_plugin_scoped_keys() -> None:
     opts = parse_options(["gcln-q10.qs=20", "lgd.epochs=5", "timm:resnet18.lr=0.1", "bits=4"])
     assert opts == {"gcln-q10.qs": 20, "lgd.epochs": 5, "timm:resnet18.lr": 0.1, "bits": 4}
+
+
+def test_int_option_accepts_integers_in_range_and_names_the_fix() -> None:
+    from bench.config import int_option
+
+    assert int_option("jpeg", "quality", 75.0, 1, 100) == 75
+    assert int_option("median", "kernel", 12, 1) == 12
+    for bad in (0, 101, 2.5, True, "7"):
+        with pytest.raises(ConfigError, match=r"jpeg quality=.*--defense-opt jpeg\.quality="):
+            int_option("jpeg", "quality", bad, 1, 100)
