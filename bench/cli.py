@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     psub = plot.add_subparsers(dest="plot", required=True)
     amp = psub.add_parser("amplification", help="layer-wise error amplification (HGD Fig. 5)")
     _analysis(amp)
+    amp.add_argument("--matched-noise", action="store_true",
+                     help="also plot, per defense, Gaussian noise with the norm of its residual "
+                          "x^ - x (dashed): amplification of the residual itself")
     amp.set_defaults(func=cmd_plot_amplification)
     res = psub.add_parser("residual", help="dx* vs predicted dx^ histogram, slope k (HGD Fig. 7)")
     _analysis(res)
@@ -264,13 +267,20 @@ def cmd_plot_amplification(args: argparse.Namespace) -> int:
         curves = {"adversarial": plots.amplification(s.classifier, x, x_adv),
                   "random noise": plots.amplification(s.classifier, x,
                                                       plots.gaussian_like(x, x_adv, gen))}
+        dashed: dict[str, str | None] = {"random noise": None}
         for name in names:
             x_hat = s.apply(s.defense(name), x_adv)
-            curves[f"{name} (denoised)"] = plots.amplification(s.classifier, x, x_hat)
+            curve = f"{name} (denoised)"
+            curves[curve] = plots.amplification(s.classifier, x, x_hat)
+            if args.matched_noise:
+                label = f"random noise, {name}'s norm"
+                curves[label] = plots.amplification(s.classifier, x,
+                                                    plots.gaussian_like(x, x_hat, gen))
+                dashed[label] = curve
         stem = f"amplification-{ds}-{s.model_name}-{args.attack}"
         title = (f"Error amplification on {ds}/{s.model_name}: {args.attack} eps={eps:g}, "
                  f"n={len(x)}")
-        for path in plots.plot_amplification(curves, _plot_dir(args), title, stem):
+        for path in plots.plot_amplification(curves, _plot_dir(args), title, stem, dashed):
             print(path)
     return 0
 

@@ -121,6 +121,27 @@ def test_plot_residual_writes_png_svg_and_fits(capsys: pytest.CaptureFixture[str
     assert all(int(r["n_pixels"]) == 20 * 28 * 28 for r in rows)
 
 
+def test_plot_amplification_curves_and_matched_noise(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    code, out, err = run_cli(capsys, "plot", "amplification", "--defense", "median,bitdepth",
+                             "--attack", "fgsm", "--eps", "0.2", "--n", "20", *FAST,
+                             "--matched-noise", "--out", str(tmp_path / "plots"))
+    assert code == 0, err
+    paths = [Path(p) for p in out.split()]
+    assert [p.suffix for p in paths] == [".png", ".svg", ".csv"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG"
+    with paths[2].open() as f:
+        header = next(csvmod.reader(f))
+        rows = list(csvmod.reader(f))
+    assert header == ["layer", "depth", "adversarial", "random noise", "median (denoised)",
+                      "random noise, median's norm", "bitdepth (denoised)",
+                      "random noise, bitdepth's norm"]
+    assert len(rows) >= 5  # every computing layer of the digits CNN, logits last
+    values = [[float(v) for v in row[2:]] for row in rows]
+    assert all(v >= 0 for row in values for v in row)
+    assert values[-1][0] > 0  # FGSM at eps 0.2 moves the logits
+
+
 @pytest.mark.parametrize("plot", ["residual", "amplification"])
 def test_plot_rejects_model_kind_defenses(capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

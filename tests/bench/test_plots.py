@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,31 @@ def test_gaussian_like_matches_norms_and_range() -> None:
     assert loud.min() >= 0 and loud.max() <= 1
 
 
+def test_gaussian_like_matches_the_norm_after_clipping() -> None:
+    # MNIST-like images: mostly 0 background, where clipping removes the negative half of the
+    # noise; the noise actually added must still have the adversarial norm.
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(5, 1, 28, 28, generator=g) > 0.8).float()
+    x_adv = (x + 0.2 * torch.sign(torch.randn(x.shape, generator=g))).clamp(0, 1)
+    noisy = gaussian_like(x, x_adv, torch.Generator().manual_seed(2))
+    want = (x_adv - x).flatten(1).norm(dim=1)
+    assert torch.allclose((noisy - x).flatten(1).norm(dim=1), want, rtol=1e-4)
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    # the old rescale-then-clip noise fell well short of the norm on such images
+    unit = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    unit = unit / unit.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    naive = (x + want.view(-1, 1, 1, 1) * unit).clamp(0, 1)
+    assert ((naive - x).flatten(1).norm(dim=1) < 0.9 * want).all()
+
+
+def test_gaussian_like_saturates_when_the_box_is_too_small() -> None:
+    x = torch.zeros(1, 1, 2, 2)
+    x_adv = torch.ones(1, 1, 2, 2)  # norm 2: reachable only if every pixel goes to 1
+    noisy = gaussian_like(x, x_adv, torch.Generator().manual_seed(0))
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    assert float((noisy - x).norm()) <= 2 + 1e-6
+
+
 def test_plot_writes_png_svg_csv(tmp_path: Path) -> None:
     model, x = _cnn(), torch.rand(6, 1, 8, 8)
     x_adv = (x + 0.1 * torch.sign(torch.randn_like(x))).clamp(0, 1)
@@ -104,6 +130,18 @@ def test_plot_writes_png_svg_csv(tmp_path: Path) -> None:
     assert rows[0] == ["layer", "depth", "adversarial", "gaussian", "denoised"]
     assert [r[0] for r in rows[1:]] == ["0", "1", "2", "4", "6"]
     assert float(rows[1][2]) == pytest.approx(curves["adversarial"]["0"])
+
+
+def test_plot_dashed_reference_takes_its_curves_colour(tmp_path: Path) -> None:
+    curves = {"denoised": {"a": 0.1, "b": 0.2}, "noise at its norm": {"a": 0.1, "b": 0.05},
+              "noise": {"a": 0.3, "b": 0.1}}
+    dashed = {"noise at its norm": "denoised", "noise": None}
+    svg = plot_amplification(curves, tmp_path, "t", "amp", dashed)[1].read_text()
+    lines = re.findall(r'<g id="line2d_\d+">\s*<path d="[^"]*"[^>]*style="([^"]*)"', svg)
+    data = [style for style in lines if "stroke-width: 1.5" in style][:3]  # the 3 curves
+    colours = [re.search(r"stroke: (#[0-9a-f]+)", style).group(1) for style in data]
+    assert colours[0] == colours[1] != colours[2]
+    assert ["dasharray" in style for style in data] == [False, True, True]
 
 
 @pytest.mark.gpu
