@@ -15,7 +15,7 @@ by a hash of everything that determined them (:func:`fit_or_load`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +48,36 @@ def bpda_identity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _StraightThrough.apply(x, y.detach())
 
 
+class LazyModels(Sequence[nn.Module]):
+    """A sequence of models made on first use: ``make()`` runs once, at the first ``len``, index
+    or iteration. :class:`FitContext` gets its surrogates this way, so classifiers trained on
+    demand are trained only for the defenses that use them.
+    """
+
+    def __init__(self, make: Callable[[], Sequence[nn.Module]]) -> None:
+        self._make: Callable[[], Sequence[nn.Module]] | None = make
+        self._models: list[nn.Module] = []
+
+    @property
+    def made(self) -> bool:
+        """Whether the models exist yet."""
+        return self._make is None
+
+    def _get(self) -> list[nn.Module]:
+        if self._make is not None:
+            self._models, self._make = list(self._make()), None
+        return self._models
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return f"LazyModels({self._models!r})" if self.made else "LazyModels(<not made yet>)"
+
+
 @dataclass
 class FitContext:
     """Everything a defense's ``fit`` may use. Built by the runner (or the ``train`` command).
@@ -55,7 +85,9 @@ class FitContext:
     Attributes:
         dataset: the dataset the defense is trained for.
         classifier: the fixed target classifier (``forward_features``/``forward_head``).
-        surrogates: other classifiers trained on the same data (HGD's "other models").
+        surrogates: other classifiers trained on the same data (HGD's "other models"); a list
+            or a :class:`LazyModels` (the runner's: made at first use, so a defense that never
+            touches them does not make the harness train them).
         device: where to train.
         cache: the weight cache (defenses may memoize intermediate tensors there).
         seed: training seed.
@@ -65,7 +97,7 @@ class FitContext:
 
     dataset: BenchDataset
     classifier: nn.Module
-    surrogates: list[nn.Module]
+    surrogates: Sequence[nn.Module]
     device: torch.device
     cache: Cache
     seed: int = 0

@@ -252,6 +252,65 @@ def recipe_options(opts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in opts.items() if k in RECIPE_OPTIONS}
 
 
+class PendingClassifier:
+    """Classifier ``name`` for ``dataset``, built but not yet loaded: :attr:`key` (the hash its
+    weights are cached under) is known without training; :meth:`load` loads pretrained or cached
+    weights, else trains them once (a visible progress bar) and caches them.
+
+    Lets a caller that only needs the key (e.g. the cache key of a defense trained against this
+    model) avoid training a classifier that nothing will run.
+    """
+
+    def __init__(self, name: str, dataset: BenchDataset, *, cache: Cache, device: torch.device,
+                 seed: int = 0, **opts: Any) -> None:
+        info = dataset.info
+        self.name, self.dataset, self.cache = name, dataset, cache
+        self.device, self.seed = device, seed
+        self.entry = MODELS.get(name)
+        base_recipe = {"train_images": None, **getattr(self.entry.builder, "recipe",
+                                                       Classifier.recipe)}
+        self.recipe = {**base_recipe, **{k: v for k, v in opts.items() if k in base_recipe}}
+        self.arch_opts = {k: v for k, v in opts.items() if k not in base_recipe}
+        self.model: Classifier = self._build()
+        self.spec = {"model": name, "opts": opts, "dataset": info.name, "shape": info.input_shape,
+                     "recipe": self.recipe, "seed": seed, "pretrained": self.model.pretrained}
+        self.key = stable_hash(self.spec)
+        self._loaded: LoadedModel | None = None
+
+    def _build(self) -> Classifier:
+        info = self.dataset.info
+        return self.entry.build(input_shape=info.input_shape, num_classes=info.num_classes,
+                                **self.arch_opts)
+
+    def load(self) -> LoadedModel:
+        """The classifier with its weights (trained and cached on the first call if needed)."""
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def _load(self) -> LoadedModel:
+        info, model = self.dataset.info, self.model
+        if model.pretrained:
+            return LoadedModel(self.name, model.to(self.device).eval(), self.key,
+                               {"pretrained": True})
+        meta = self.cache.load_module(model, "classifiers", f"{info.name}-{self.name}", self.spec)
+        if meta is None:
+            log.info("training classifier %s on %s (cached afterwards) ...", self.name, info.name)
+            x, y = self.dataset.tensors("train", self.recipe["train_images"])
+            torch.manual_seed(self.seed)
+            model = self._build().to(self.device)
+            meta = train_classifier(model, x, y, seed=self.seed,
+                                    desc=f"train {self.name} on {info.name}", device=self.device,
+                                    epochs=self.recipe["epochs"], lr=self.recipe["lr"],
+                                    batch_size=self.recipe["batch_size"])
+            xt, yt = self.dataset.tensors("test")
+            meta["test_acc"] = accuracy(model, xt.to(self.device), yt.to(self.device))
+            log.info("%s on %s: test accuracy %.4f", self.name, info.name, meta["test_acc"])
+            self.cache.save_module(model, "classifiers", f"{info.name}-{self.name}", self.spec,
+                                   meta)
+        return LoadedModel(self.name, model.to(self.device).eval(), self.key, meta)
+
+
 def load_classifier(name: str, dataset: BenchDataset, *, cache: Cache, device: torch.device,
                     seed: int = 0, **opts: Any) -> LoadedModel:
     """Build classifier ``name`` for ``dataset``; load pretrained or cached weights, else train.
@@ -259,33 +318,7 @@ def load_classifier(name: str, dataset: BenchDataset, *, cache: Cache, device: t
     Training (a visible progress bar) happens at most once per configuration: the weights are
     cached under a hash of (model, options, dataset, recipe, seed).
     """
-    info = dataset.info
-    entry = MODELS.get(name)
-    base_recipe = {"train_images": None, **getattr(entry.builder, "recipe", Classifier.recipe)}
-    recipe = {**base_recipe, **{k: v for k, v in opts.items() if k in base_recipe}}
-    arch_opts = {k: v for k, v in opts.items() if k not in base_recipe}
-    model: Classifier = entry.build(input_shape=info.input_shape, num_classes=info.num_classes,
-                                    **arch_opts)
-    key = {"model": name, "opts": opts, "dataset": info.name, "shape": info.input_shape,
-           "recipe": recipe, "seed": seed, "pretrained": model.pretrained}
-    if model.pretrained:
-        return LoadedModel(name, model.to(device).eval(), stable_hash(key), {"pretrained": True})
-    meta = cache.load_module(model, "classifiers", f"{info.name}-{name}", key)
-    if meta is None:
-        log.info("training classifier %s on %s (cached afterwards) ...", name, info.name)
-        x, y = dataset.tensors("train", recipe["train_images"])
-        torch.manual_seed(seed)
-        model = entry.build(input_shape=info.input_shape, num_classes=info.num_classes,
-                            **arch_opts)
-        model.to(device)
-        meta = train_classifier(model, x, y, seed=seed, desc=f"train {name} on {info.name}",
-                                device=device, epochs=recipe["epochs"], lr=recipe["lr"],
-                                batch_size=recipe["batch_size"])
-        xt, yt = dataset.tensors("test")
-        meta["test_acc"] = accuracy(model, xt.to(device), yt.to(device))
-        log.info("%s on %s: test accuracy %.4f", name, info.name, meta["test_acc"])
-        cache.save_module(model, "classifiers", f"{info.name}-{name}", key, meta)
-    return LoadedModel(name, model.to(device).eval(), stable_hash(key), meta)
+    return PendingClassifier(name, dataset, cache=cache, device=device, seed=seed, **opts).load()
 
 
 def import_robustbench() -> Any:

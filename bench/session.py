@@ -19,8 +19,8 @@ from torch import nn
 from bench.attack import Attack
 from bench.cache import Cache, stable_hash
 from bench.data import BenchDataset, get_dataset
-from bench.defense import Defense, FitContext, fit_or_load
-from bench.models import LoadedModel, load_classifier, recipe_options
+from bench.defense import Defense, FitContext, LazyModels, fit_or_load
+from bench.models import LoadedModel, PendingClassifier, load_classifier, recipe_options
 from bench.registry import ATTACKS, DEFENSES
 from bench.train import batches, check_finite, progress
 
@@ -103,20 +103,31 @@ class Session:
                                seed=self.seed, **self.model_opts)
 
     @cached_property
-    def surrogates(self) -> list[LoadedModel]:
+    def pending_surrogates(self) -> list[PendingClassifier]:
+        """The dataset's other models, built (their weight keys known) but not loaded/trained."""
         names = [m for m in self.info.models if m != self.model_name]
-        return [load_classifier(m, self.dataset, cache=self.cache, device=self.device,
-                                seed=self.seed, **recipe_options(self.model_opts)) for m in names]
+        return [PendingClassifier(m, self.dataset, cache=self.cache, device=self.device,
+                                  seed=self.seed, **recipe_options(self.model_opts))
+                for m in names]
+
+    @property
+    def surrogates(self) -> list[LoadedModel]:
+        """The dataset's other models with their weights (trained and cached if needed)."""
+        return [p.load() for p in self.pending_surrogates]
 
     @property
     def classifier(self) -> nn.Module:
         return self.target.model
 
     def fit_context(self) -> FitContext:
+        """What a defense's ``fit`` gets. The surrogates are made at first use: only the defenses
+        that use them (HGD's training set) make the harness train them; their keys are part of
+        ``key`` either way, so a defense's cache key does not depend on whether they exist yet."""
         key = {"dataset": self.info.name, "classifier": self.target.key,
-               "surrogates": [s.key for s in self.surrogates]}
-        return FitContext(self.dataset, self.classifier, [s.model for s in self.surrogates],
-                          self.device, self.cache, self.seed, key, self.fit_images)
+               "surrogates": [p.key for p in self.pending_surrogates]}
+        surrogates = LazyModels(lambda: [s.model for s in self.surrogates])
+        return FitContext(self.dataset, self.classifier, surrogates, self.device, self.cache,
+                          self.seed, key, self.fit_images)
 
     # -- defenses -----------------------------------------------------------------------------
     def defense_params(self, name: str) -> dict[str, Any]:

@@ -1,12 +1,17 @@
-"""Session: the target classifier's name reaches defenses whose constructor takes ``model``."""
+"""Session: the target classifier's name reaches defenses whose constructor takes ``model``;
+surrogate classifiers are trained only for the defenses that use them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
+from torch import nn
 
-from bench.defense import MODEL, Defense
+from bench.cache import Cache
+from bench.defense import MODEL, Defense, LazyModels
+from bench.models import PendingClassifier, load_classifier
 from bench.registry import DEFENSES, Entry
 from bench.session import Session
 
@@ -45,3 +50,29 @@ def test_an_option_or_a_variant_setting_wins(registered: str) -> None:
 
 def test_defenses_without_a_model_parameter_get_none(registered: str) -> None:
     assert "model" not in Session("digits", "cnn3x3").defense_params("none")
+
+
+def test_surrogates_are_trained_only_when_a_defense_uses_them(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    s = Session("digits", cache=cache, model_opts={"epochs": 1})
+    ctx = s.fit_context()
+    trained = sorted(p.name for p in (tmp_path / "classifiers").glob("*.safetensors"))
+    assert len(trained) == 1 and trained[0].startswith("digits-cnn-")  # the target only
+    assert isinstance(ctx.surrogates, LazyModels) and not ctx.surrogates.made
+    key_before = ctx.key["surrogates"]
+
+    surrogate = ctx.surrogates[0]  # first use: the surrogate is trained and cached now
+    assert ctx.surrogates.made and len(ctx.surrogates) == 1
+    assert isinstance(surrogate, nn.Module) and [*ctx.surrogates] == [surrogate]
+    assert len(list((tmp_path / "classifiers").glob("*.safetensors"))) == 2
+    assert key_before == [m.key for m in s.surrogates]  # the key never needed the weights
+    assert s.fit_context().key == ctx.key
+
+
+def test_pending_classifier_key_equals_the_loaded_key(tmp_path: Path) -> None:
+    s = Session("digits", cache=Cache(tmp_path))
+    pending = PendingClassifier("cnn3x3", s.dataset, cache=s.cache, device=s.device, epochs=1)
+    assert not list(tmp_path.rglob("*.safetensors"))  # building computes the key, trains nothing
+    loaded = load_classifier("cnn3x3", s.dataset, cache=s.cache, device=s.device, epochs=1)
+    assert pending.key == loaded.key
+    assert pending.load().meta == loaded.meta  # loads what load_classifier cached
