@@ -271,9 +271,9 @@ class PendingClassifier:
                                                        Classifier.recipe)}
         self.recipe = {**base_recipe, **{k: v for k, v in opts.items() if k in base_recipe}}
         self.arch_opts = {k: v for k, v in opts.items() if k not in base_recipe}
-        self.model: Classifier = self._build()
+        self._built: Classifier | None = self._build()  # what load() fills; None once loaded
         self.spec = {"model": name, "opts": opts, "dataset": info.name, "shape": info.input_shape,
-                     "recipe": self.recipe, "seed": seed, "pretrained": self.model.pretrained}
+                     "recipe": self.recipe, "seed": seed, "pretrained": self._built.pretrained}
         self.key = stable_hash(self.spec)
         self._loaded: LoadedModel | None = None
 
@@ -285,11 +285,12 @@ class PendingClassifier:
     def load(self) -> LoadedModel:
         """The classifier with its weights (trained and cached on the first call if needed)."""
         if self._loaded is None:
-            self._loaded = self._load()
+            self._loaded, self._built = self._load(), None
         return self._loaded
 
     def _load(self) -> LoadedModel:
-        info, model = self.dataset.info, self.model
+        info, model = self.dataset.info, self._built
+        assert model is not None  # only load() calls this, once
         if model.pretrained:
             return LoadedModel(self.name, model.to(self.device).eval(), self.key,
                                {"pretrained": True})

@@ -241,7 +241,7 @@ def plot_amplification(curves: Mapping[str, Mapping[str, float]], out_dir: str |
     fig = Figure(figsize=(min(4 + 0.25 * len(layers), 18), 4.8), layout="constrained")
     ax = fig.add_subplot()
     positive = []
-    dashed = dict(dashed or {})
+    dashed = dashed or {}
     colours: dict[str, Any] = {}
     for name, curve in curves.items():
         depth = [i for i, layer in enumerate(layers) if layer in curve]
