@@ -23,7 +23,7 @@ from bench.config import cache_dir
 from bench.data import BenchDataset
 from bench.errors import CheckpointError, ConfigError
 from bench.registry import MODELS, register_model
-from bench.train import accuracy, train_classifier
+from bench.train import accuracy, rng_isolated, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,8 @@ class PendingClassifier:
                                                        Classifier.recipe)}
         self.recipe = {**base_recipe, **{k: v for k, v in opts.items() if k in base_recipe}}
         self.arch_opts = {k: v for k, v in opts.items() if k not in base_recipe}
-        self._built: Classifier | None = self._build()  # what load() fills; None once loaded
+        with rng_isolated(device):  # building draws initial weights: not from the caller's stream
+            self._built: Classifier | None = self._build()  # what load() fills; None once loaded
         self.spec = {"model": name, "opts": opts, "dataset": info.name, "shape": info.input_shape,
                      "recipe": self.recipe, "seed": seed, "pretrained": self._built.pretrained}
         self.key = stable_hash(self.spec)
@@ -285,7 +286,11 @@ class PendingClassifier:
     def load(self) -> LoadedModel:
         """The classifier with its weights (trained and cached on the first call if needed)."""
         if self._loaded is None:
-            self._loaded, self._built = self._load(), None
+            # Training seeds itself; isolating it keeps the caller's random stream the same whether
+            # this model came from the cache or was trained just now (a cold and a warm cache must
+            # give the same defense weights under the same cache key).
+            with rng_isolated(self.device):
+                self._loaded, self._built = self._load(), None
         return self._loaded
 
     def _load(self) -> LoadedModel:

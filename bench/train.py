@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sys
@@ -24,6 +25,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_isolated(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """A context in which torch's global RNG (CPU, and ``device``'s if CUDA) may be used freely:
+    its state is restored on exit, so what runs inside cannot shift the random stream of the code
+    around it (e.g. a classifier trained lazily in the middle of a seeded defense fit)."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -1,5 +1,6 @@
 """Session: the target classifier's name reaches defenses whose constructor takes ``model``;
-surrogate classifiers are trained only for the defenses that use them."""
+surrogate classifiers are trained only for the defenses that use them, and where they come from
+(trained now or cached) never changes a defense's weights."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from bench.cache import Cache
@@ -76,3 +78,33 @@ def test_pending_classifier_key_equals_the_loaded_key(tmp_path: Path) -> None:
     loaded = load_classifier("cnn3x3", s.dataset, cache=s.cache, device=s.device, epochs=1)
     assert pending.key == loaded.key
     assert pending.load().meta == loaded.meta  # loads what load_classifier cached
+
+
+def test_building_and_training_a_classifier_leave_the_global_rng_alone(tmp_path: Path) -> None:
+    s = Session("digits", cache=Cache(tmp_path))
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    pending = PendingClassifier("cnn3x3", s.dataset, cache=s.cache, device=s.device, epochs=1)
+    pending.load()  # cold: builds and trains
+    assert list(tmp_path.rglob("*.safetensors"))
+    PendingClassifier("cnn3x3", s.dataset, cache=s.cache, device=s.device, epochs=1).load()
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.slow
+def test_a_defense_is_the_same_whether_its_surrogate_was_cached_or_trained_now(
+        tmp_path: Path) -> None:
+    """HGD draws its U-net's initial weights after reading the surrogates; training one lazily in
+    between must not shift that draw (same cache key, so it must be the same weights)."""
+    tiny = {"widths": "2,3,4,4,4", "epochs": 1, "batch_size": 16}
+
+    def lgd_weights(cache_dir: Path, surrogates_first: bool) -> dict[str, torch.Tensor]:
+        s = Session("digits", cache=Cache(cache_dir), model_opts={"epochs": 1}, fit_images=40,
+                    defense_opts=tiny)
+        if surrogates_first:
+            s.surrogates  # noqa: B018 - trains and caches them before the defense's fit
+        return s.defense("lgd").state_dict()
+
+    cold, warm = lgd_weights(tmp_path / "a", False), lgd_weights(tmp_path / "b", True)
+    assert cold.keys() == warm.keys()
+    assert all(torch.equal(cold[k], warm[k]) for k in cold)
