@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bench.errors import AttackValidationError, ConfigError
+from bench.train import rng_isolated
 
 TOLERANCE = 1e-6
 TARGET_MODES = (None, "random", "least-likely")
@@ -116,10 +117,15 @@ class Attack(ABC):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  seed: int | None = None) -> torch.Tensor:
-        """Attack ``model`` on ``(x, y)``, validate the result and return it (detached)."""
-        torch.manual_seed(self.seed if seed is None else seed)
+        """Attack ``model`` on ``(x, y)``, validate the result and return it (detached).
+
+        The attack's randomness comes from torch's global RNG seeded with ``seed`` (default: the
+        attack's own), forked so the caller's random stream is the same after the call: code that
+        runs after an attack (a defense's fit after making its adversarial set) must not depend on
+        whether the attack ran or its result came from the cache."""
         x_in = x.detach().clone()
-        with frozen(model):
+        with rng_isolated(x.device), frozen(model):
+            torch.manual_seed(self.seed if seed is None else seed)
             x_adv = self.perturb(model, x_in, y.detach().clone())
         if not torch.equal(x_in, x):
             raise AttackValidationError(f"{self.name} mutated its input images; fix the plugin.")

@@ -63,6 +63,18 @@ def test_contract(name: str, tiny_net: nn.Module, data: tuple[torch.Tensor, torc
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_the_callers_random_stream_is_untouched(name: str, tiny_net: nn.Module,
+                                                data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """What runs after an attack draws the same numbers whether the attack ran or not (its result
+    may come from a cache instead)."""
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    build(name)(tiny_net, *data, seed=5)
+    assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_zero_eps_returns_input(name: str, tiny_net: nn.Module,
                                 data: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = data
