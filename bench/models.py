@@ -177,6 +177,25 @@ def _per_channel(values: Sequence[float] | None, channels: int) -> list[float]:
     return values if len(values) == channels else [sum(values) / len(values)] * channels
 
 
+def timm_hub_problem() -> str | None:
+    """Why timm cannot reach the Hugging Face hub (or its local cache) for pretrained weights, as
+    the fix to apply; None when it can. timm swallows the ImportError and later reports "package
+    not installed" even when huggingface_hub is installed but too new for it (timm < 1.0.21, e.g.
+    the 1.0.9 that robustbench 1.1.1 pins, imports names that huggingface_hub 2 removed)."""
+    import timm
+    from timm.models import _hub
+
+    if getattr(_hub, "_has_hf_hub", True):
+        return None
+    try:
+        import huggingface_hub
+    except ImportError:
+        return "huggingface_hub is not installed: pip install huggingface_hub"
+    return (f"timm {timm.__version__} cannot import huggingface_hub "
+            f"{huggingface_hub.__version__} (timm before 1.0.21 needs huggingface_hub<2): "
+            f"pip install 'huggingface_hub<2', or upgrade timm")
+
+
 class TimmClassifier(Classifier):
     """A timm model with its own normalization inside; ``forward_features`` is timm's."""
 
@@ -196,6 +215,12 @@ class TimmClassifier(Classifier):
                     f"saved state dict (.safetensors, .pth), or pretrained=false to train it here."
                 )
             overlay = {"file": str(path)}
+        if pretrained and not weights:
+            problem = timm_hub_problem()
+            if problem:
+                raise CheckpointError(f"Pretrained weights for timm:{arch} cannot be fetched: "
+                                      f"{problem}; or pass weights=PATH with --model-opt, or "
+                                      f"pretrained=false to train it here.")
         try:
             net = timm.create_model(arch, pretrained=pretrained or bool(weights),
                                     num_classes=num_classes, in_chans=input_shape[0],

@@ -15,7 +15,7 @@ import bench.models
 from bench.cache import Cache
 from bench.data import get_dataset
 from bench.errors import CheckpointError, ConfigError
-from bench.models import Classifier, LoadedModel, load_classifier
+from bench.models import Classifier, LoadedModel, load_classifier, timm_hub_problem
 from bench.registry import DATASETS, MODELS
 
 CPU = torch.device("cpu")
@@ -253,6 +253,39 @@ def test_timm_weights_from_a_local_file(hub_offline: Path, tmp_path: Path, suffi
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
     assert torch.equal(model.net.fc.weight, state["fc.weight"])
     assert torch.equal(model.net.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+
+
+def test_timm_can_reach_the_hugging_face_hub() -> None:
+    """The installed timm and huggingface_hub work together (else no pretrained weights at all)."""
+    pytest.importorskip("timm")
+    assert timm_hub_problem() is None
+
+
+def test_timm_pretrained_weights_come_from_the_hugging_face_cache_offline(
+        hub_offline: Path) -> None:
+    """The real pretrained path (timm -> huggingface_hub -> its cache), with a cache entry written
+    here in the hub's layout, as a run with network access leaves it."""
+    state = _timm_state()
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub_offline / "hub" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    save_file(state, str(repo / "snapshots" / revision / "model.safetensors"))
+    model = MODELS.build("timm:resnet18", input_shape=(3, 224, 224), num_classes=1000)
+    assert model.pretrained
+    assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
+    assert torch.equal(model.net.fc.bias, state["fc.bias"])
+
+
+def test_timm_too_old_for_huggingface_hub_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    _hub = pytest.importorskip("timm.models._hub")
+    monkeypatch.setattr(_hub, "_has_hf_hub", False)
+    with pytest.raises(CheckpointError) as err:
+        MODELS.build("timm:resnet18")
+    msg = str(err.value)
+    assert "\n" not in msg and "timm:resnet18" in msg and "pip install" in msg
+    assert "pretrained=false" in msg
 
 
 def test_timm_pretrained_without_weights_offline_is_a_checkpoint_error(hub_offline: Path) -> None:
