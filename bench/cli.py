@@ -277,15 +277,16 @@ def cmd_plot_amplification(args: argparse.Namespace) -> int:
                 curves[label] = plots.amplification(s.classifier, x,
                                                     plots.gaussian_like(x, x_hat, gen))
                 dashed[label] = curve
-        stem = f"amplification-{ds}-{s.model_name}-{args.attack}"
-        title = (f"Error amplification on {ds}/{s.model_name}: {args.attack} eps={eps:g}, "
-                 f"n={len(x)}")
+        stem = plots.file_stem("amplification", ds, s.model_name, args.attack)
+        title = (f"Error amplification on {ds}/{s.model_name}: {args.attack} "
+                 f"eps={format_eps(eps)}, n={len(x)}")
         for path in plots.plot_amplification(curves, _plot_dir(args), title, stem, dashed):
             print(path)
     return 0
 
 
 def cmd_plot_residual(args: argparse.Namespace) -> int:
+    from bench import plots
     from bench.residual import plot_residual
 
     names = _preprocessors(split_list(args.defense), "residual")
@@ -293,7 +294,7 @@ def cmd_plot_residual(args: argparse.Namespace) -> int:
         s = _session(args, ds)
         eps, x, x_adv = _oblivious_set(args, s)
         panels = {name: (x_adv - x, x_adv - s.apply(s.defense(name), x_adv)) for name in names}
-        stem = f"residual-{ds}-{s.model_name}-{args.attack}"
+        stem = plots.file_stem("residual", ds, s.model_name, args.attack)
         title = (f"Adversarial vs predicted perturbation on {ds}/{s.model_name}: oblivious "
                  f"{args.attack} eps={format_eps(eps)}, n={len(x)} images")
         for path in plot_residual(panels, _plot_dir(args), title, stem):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,8 @@ def plot_amplification(curves: Mapping[str, Mapping[str, float]], out_dir: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layers = _layer_order(curves)
-    fig = Figure(figsize=(min(4 + 0.25 * len(layers), 18), 4.8), layout="constrained")
+    # The legend goes right of the axes (inside, it hid the top layers' values on deep models).
+    fig = Figure(figsize=(min(4 + 0.25 * len(layers), 18) + 2.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
     positive = []
     dashed = dashed or {}
@@ -261,8 +263,15 @@ def plot_amplification(curves: Mapping[str, Mapping[str, float]], out_dir: str |
     ax.set(xlabel="layer (forward order)", ylabel=r"$E_l = \|f_l(x_p) - f_l(x)\| / \|f_l(x)\|$",
            title=title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return [*save_figure(fig, out, stem), write_curves_csv(curves, out / f"{stem}.csv")]
+
+
+def file_stem(*parts: str) -> str:
+    """``parts`` joined by ``-`` as a portable file name: every run of characters other than
+    letters, digits, ``.``, ``_`` and ``-`` becomes ``_`` (``timm:inception_v3`` ->
+    ``timm_inception_v3``; a colon is invalid on Windows and in CI artifact uploads)."""
+    return "-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", p) for p in parts)
 
 
 def save_figure(fig: Any, out_dir: str | Path, stem: str) -> list[Path]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import pandas as pd
 from bench.cache import Cache
 from bench.config import RunConfig, format_eps, parse_eps, split_list
 from bench.errors import ConfigError
-from bench.plots import save_figure
+from bench.plots import file_stem, save_figure
 from bench.registry import ATTACKS, DEFENSES, natural_key
 from bench.runner import Runner, validate_names
 from bench.store import Store
@@ -171,8 +170,7 @@ def plot_sweep(table: pd.DataFrame, param: SweepParam, out_dir: str | Path) -> l
     paths: list[Path] = []
     for (ds, model), g in table.groupby(["dataset", "model"], sort=False):
         attacks = list(dict.fromkeys(g["attack"]))
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_",
-                      f"sweep-{ds}-{model}-{param.text}-{'-'.join(attacks)}")
+        stem = file_stem("sweep", ds, model, param.text, *attacks)
         fig = _sweep_figure(g, param, f"{ds}/{model}")
         paths += save_figure(fig, out_dir, stem)
         csv = Path(out_dir) / f"{stem}.csv"

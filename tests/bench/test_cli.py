@@ -191,3 +191,34 @@ def test_plot_sweep_bad_param_is_one_line_error(capsys: pytest.CaptureFixture[st
                            "--values", "1,2", "--attack", "fgsm",
                            "--results", str(tmp_path / "r.sqlite"))
     assert code == 2 and "DEFENSE.OPTION" in error_line(err)
+
+
+def _nightly_commands() -> list[list[str]]:
+    """Every ``python -m bench ...`` command of the nightly GPU workflow, continuations joined."""
+    import shlex
+
+    yaml = pytest.importorskip("yaml")
+    workflow = Path(__file__).parents[2] / ".github" / "workflows" / "nightly.yml"
+    steps = [s for job in yaml.safe_load(workflow.read_text())["jobs"].values()
+             for s in job["steps"]]
+    lines = "\n".join(s.get("run", "") for s in steps).replace("\\\n", " ").splitlines()
+    return [shlex.split(line)[3:] for line in lines
+            if line.strip().startswith("python -m bench ")]
+
+
+def test_the_nightly_workflows_commands_parse_and_name_registered_plugins() -> None:
+    """The nightly job runs unattended on a GPU box: a typo there would cost a night."""
+    from bench.cli import build_parser
+    from bench.config import parse_eps
+    from bench.registry import DATASETS, MODELS
+
+    commands = _nightly_commands()
+    assert any(c[:2] == ["plot", "amplification"] and "imagenet" in c for c in commands)
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        for attr, registry in [("defense", DEFENSES), ("attack", ATTACKS),
+                               ("dataset", DATASETS), ("model", MODELS)]:
+            for name in filter(None, str(getattr(args, attr, None) or "").split(",")):
+                registry.get(name)  # raises with suggestions when unknown
+        for eps in filter(None, str(getattr(args, "eps", None) or "").split(",")):
+            parse_eps(eps)

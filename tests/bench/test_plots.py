@@ -13,6 +13,7 @@ from torch import nn
 from bench.plots import (
     amplification,
     figure5_curves,
+    file_stem,
     gaussian_like,
     layer_outputs,
     plot_amplification,
@@ -130,6 +131,13 @@ def test_plot_writes_png_svg_csv(tmp_path: Path) -> None:
     assert rows[0] == ["layer", "depth", "adversarial", "gaussian", "denoised"]
     assert [r[0] for r in rows[1:]] == ["0", "1", "2", "4", "6"]
     assert float(rows[1][2]) == pytest.approx(curves["adversarial"]["0"])
+
+
+def test_file_stem_is_portable() -> None:
+    assert file_stem("amplification", "imagenet", "timm:inception_v3", "ifgsm4") == \
+        "amplification-imagenet-timm_inception_v3-ifgsm4"
+    assert file_stem("sweep", "mnist", "robustbench:A/B c", "eps") == \
+        "sweep-mnist-robustbench_A_B_c-eps"
 
 
 def test_plot_dashed_reference_takes_its_curves_colour(tmp_path: Path) -> None:
