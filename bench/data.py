@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -86,15 +87,7 @@ class BenchDataset(ABC):
         if n is not None and n > len(ds):
             log.warning("%s %s has %d images; --n %d uses all of them",
                         self.name, split, len(ds), n)
-        if isinstance(ds, TensorDataset):  # in memory: slice, no per-item loop
-            return ds.tensors[0][:n], ds.tensors[1][:n]
-        if n is not None:
-            ds = Subset(ds, range(min(n, len(ds))))
-        xs, ys = [], []
-        for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
-            xs.append(x.float())
-            ys.append(torch.as_tensor(y).long())
-        return torch.cat(xs), torch.cat(ys)
+        return gather(ds, range(len(ds) if n is None else min(n, len(ds))), batch_size)
 
     @abstractmethod
     def _load(self, split: str) -> Dataset:
@@ -247,6 +240,24 @@ class ImageNet(BenchDataset):
             log.warning("imagenet %s has %d class folders, not %d: labels follow their sorted "
                         "order", split, len(ds.classes), self.num_classes)
         return ds
+
+
+def gather(ds: Dataset, indices: Sequence[int] | torch.Tensor,
+           batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``indices`` of ``ds`` (in that order) as tensors ``(x, y)``, reading only those:
+    a few thousand images of ImageNet's 1.28M training images must not decode the rest."""
+    if isinstance(ds, TensorDataset):  # in memory: index, no per-item loop
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ds.tensors[0][idx], ds.tensors[1][idx]
+    xs, ys = [], []
+    for x, y in DataLoader(Subset(ds, [int(i) for i in indices]), batch_size=batch_size,
+                           shuffle=False):
+        xs.append(x.float())
+        ys.append(torch.as_tensor(y).long())
+    if not xs:
+        raise ConfigError("No images to read: the split or the selection is empty; check the "
+                          "data folder and --n / --fit-images.")
+    return torch.cat(xs), torch.cat(ys)
 
 
 def get_dataset(name: str, root: str | Path | None = None, download: bool = False,

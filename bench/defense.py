@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bench.cache import Cache, stable_hash
-from bench.data import BenchDataset, DatasetInfo
+from bench.data import BenchDataset, DatasetInfo, gather
 from bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,9 @@ class FitContext:
         """``n`` training images (default: :attr:`budget`), drawn by a fixed permutation so
         that small subsets still cover every class."""
         n = n or self.budget
-        x, y = self.dataset.tensors("train")
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))[:n]
-        return x[order], y[order]
+        train = self.dataset.split("train")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1234))[:n]
+        return gather(train, order)  # only those images are read
 
 
 class Defense(nn.Module):

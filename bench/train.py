@@ -36,6 +36,31 @@ def rng_isolated(device: torch.device) -> contextlib.AbstractContextManager[None
     return torch.random.fork_rng(devices=cuda)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(count: int, unit_bytes: int, what: str, option: str) -> None:
+    """Raise ConfigError when ``count`` items of ``unit_bytes`` (``what``) need more than 90% of
+    the available memory, naming the value of ``option`` that fits: a clear error up front instead
+    of the OOM killer midway."""
+    free = available_memory()
+    if free is None or count * unit_bytes <= 0.9 * free:
+        return
+    fits = int(0.9 * free // unit_bytes)
+    raise ConfigError(f"{what} needs {count * unit_bytes / 2**30:.1f} GiB of memory but "
+                      f"{free / 2**30:.1f} GiB is available: pass {option} {fits} or fewer, or "
+                      f"use a machine with more memory.")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is a ConfigError."""
     if name == "auto":

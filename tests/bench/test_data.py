@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bench.config import ENV_DATA_ROOT
-from bench.data import SPLITS, get_dataset
+from bench.data import SPLITS, BenchDataset, gather, get_dataset
 from bench.errors import ConfigError, DataNotFoundError
 
 
@@ -248,3 +248,47 @@ def test_mnist_real_files(mnist_root: Path) -> None:
     assert x.max() == 1.0 and x.min() == 0.0
     x3, y3 = ds.tensors("test", 3)
     assert torch.equal(x3, x[:3]) and y3.tolist() == [7, 2, 1]
+
+
+# -- reading only what is used ---------------------------------------------------------------
+
+class Counting(torch.utils.data.Dataset):
+    """A file-backed split stand-in that records which items were read."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.read = n, []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        self.read.append(i)
+        return torch.full((1, 2, 2), i / self.n), i % 3
+
+
+def test_gather_reads_only_the_requested_items_in_order() -> None:
+    ds = Counting(1000)
+    x, y = gather(ds, torch.tensor([7, 3, 999]))
+    assert sorted(ds.read) == [3, 7, 999]
+    assert x[:, 0, 0, 0].tolist() == pytest.approx([0.007, 0.003, 0.999])
+    assert y.tolist() == [1, 0, 0]
+
+
+def test_fit_images_read_only_those_training_images() -> None:
+    """A defense fit on n images of a big training split (ImageNet's 1.28M) reads n of them."""
+    from bench.defense import FitContext
+
+    class Big(BenchDataset):
+        input_shape, num_classes, eps_max, default_eps = (1, 2, 2), 3, 0.1, 0.1
+        models, fit_images = ("cnn",), 5
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.train = Counting(100_000)
+
+        def _load(self, split: str) -> torch.utils.data.Dataset:
+            return self.train
+
+    big = Big()
+    x, _ = FitContext(big, None, [], torch.device("cpu"), None).train_tensors()
+    assert len(x) == 5 and len(big.train.read) == 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -170,6 +172,20 @@ def test_training_set_needs_a_surrogate(ctx: FitContext) -> None:
     ctx.surrogates = []
     with pytest.raises(ConfigError, match="second model"):
         hgd.make_training_set(ctx)
+
+
+def test_a_training_set_larger_than_memory_is_refused_up_front(
+        ctx: FitContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.train
+
+    per_image = 7 * math.prod(ctx.info.input_shape) * 4  # the clean image and its 6 attacks
+    monkeypatch.setattr(bench.train, "available_memory", lambda: 10 * per_image)
+    with pytest.raises(ConfigError) as err:  # 40 images do not fit in the memory of 10
+        hgd.make_training_set(ctx)
+    msg = str(err.value)
+    assert "\n" not in msg and "--fit-images 9 or fewer" in msg and "40 clean images" in msg
+    monkeypatch.setattr(bench.train, "available_memory", lambda: 100 * per_image)
+    assert len(hgd.make_training_set(ctx)["x_adv"]) == 6 * 40
 
 
 @pytest.mark.parametrize("name", ["dae", "dunet", "fgd", "lgd", "cgd"])
