@@ -13,6 +13,7 @@ permutation drawn with seed 0, the first 1,437 images train, the last 360 test.
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from bench.config import ENV_DATA_ROOT, data_root
 from bench.errors import ConfigError, DataNotFoundError
 from bench.registry import DATASETS, register_dataset
+from bench.train import check_memory
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
@@ -80,14 +82,24 @@ class BenchDataset(ABC):
             raise ConfigError(f"Unknown split {split!r}: use one of {SPLITS}.")
         return self._load(split)
 
-    def tensors(self, split: str, n: int | None = None,
-                batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` images of ``split`` (all when None) as tensors ``(x, y)``."""
+    def tensors(self, split: str, n: int | None = None, batch_size: int = 500,
+                copies: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` images of ``split`` (all when None) as tensors ``(x, y)``.
+
+        ``copies``: when positive, first check that this many float32 copies of the slice fit in
+        the available memory (e.g. clean, adversarial and defended images of an evaluation), and
+        raise a ConfigError naming the ``--n`` that fits otherwise (ImageNet's 50,000 validation
+        images are 54 GB per copy at 299 px)."""
         ds = self.split(split)
         if n is not None and n > len(ds):
             log.warning("%s %s has %d images; --n %d uses all of them",
                         self.name, split, len(ds), n)
-        return gather(ds, range(len(ds) if n is None else min(n, len(ds))), batch_size)
+        count = len(ds) if n is None else min(n, len(ds))
+        if copies:
+            check_memory(count, copies * math.prod(self.input_shape) * 4,
+                         f"{count} {self.name} {split} images ({copies} float32 copies: clean, "
+                         f"adversarial, defended)", "--n")
+        return gather(ds, range(count), batch_size)
 
     @abstractmethod
     def _load(self, split: str) -> Dataset:
