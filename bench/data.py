@@ -97,8 +97,7 @@ class BenchDataset(ABC):
         count = len(ds) if n is None else min(n, len(ds))
         if copies:
             check_memory(count, copies * math.prod(self.input_shape) * 4,
-                         f"{count} {self.name} {split} images ({copies} float32 copies: clean, "
-                         f"adversarial, defended)", "--n")
+                         f"{count} {self.name} {split} images x {copies} float32 copies", "--n")
         return gather(ds, range(count), batch_size)
 
     @abstractmethod

@@ -95,7 +95,7 @@ class Session:
     @cached_property
     def test(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The evaluated slice: the first ``n`` test images and labels (CPU tensors)."""
-        return self.dataset.tensors("test", self.n, copies=3)
+        return self.dataset.tensors("test", self.n, copies=3)  # clean, adversarial, defended
 
     @cached_property
     def target(self) -> LoadedModel:
