@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bench.errors import AttackValidationError, ConfigError
-from bench.train import rng_isolated
+from bench.runtime import rng_isolated
 
 TOLERANCE = 1e-6
 TARGET_MODES = (None, "random", "least-likely")

@@ -11,23 +11,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from bench.cache import Cache
 from bench.config import (
     RunConfig,
-    format_eps,
     parse_eps,
     parse_options,
     results_path,
     split_list,
 )
-from bench.defense import MODEL
 from bench.errors import BenchError, ConfigError
-from bench.registry import DEFENSES, REGISTRIES
+from bench.registry import REGISTRIES
+from bench.runtime import resolve_device
 from bench.session import Session
 from bench.store import open_store
-from bench.train import resolve_device
 
 log = logging.getLogger("bench")
 
@@ -236,74 +232,28 @@ def _session(args: argparse.Namespace, dataset: str) -> Session:
                    model_opts=parse_options(args.model_opt), fit_images=args.fit_images)
 
 
-def _preprocessors(names: list[str], plot: str) -> list[str]:
-    """``names``, after checking that each is a preprocessing defense (one-line error naming the
-    model-kind ones otherwise)."""
-    whole = [n for n in names if DEFENSES.get(n).kind == MODEL]
-    if whole:
-        listed = ", ".join(f"'{n}'" for n in whole)
-        raise ConfigError(f"Defense(s) {listed} replace the classifier (kind 'model') and "
-                          f"output no denoised image x^: the {plot} plot compares "
-                          f"preprocessors; drop them from --defense.")
-    return names
-
-
-def _oblivious_set(args: argparse.Namespace, s: Session) -> tuple[float, torch.Tensor,
-                                                                  torch.Tensor]:
-    """eps, the clean slice and its oblivious adversarial images (attack on the classifier)."""
-    eps = parse_eps(args.eps) if args.eps else s.info.default_eps
-    x_adv = s.adversarial(s.build_attack(args.attack, eps), s.classifier, "classifier")
-    return eps, s.test[0], x_adv
-
-
 def cmd_plot_amplification(args: argparse.Namespace) -> int:
-    from bench import plots
+    from bench.analysis.amplification import plot_figure5
 
-    names = _preprocessors(split_list(args.defense), "amplification")
     for ds in split_list(args.dataset):
-        s = _session(args, ds)
-        eps, x, x_adv = _oblivious_set(args, s)
-        gen = torch.Generator().manual_seed(args.seed)
-        curves = {"adversarial": plots.amplification(s.classifier, x, x_adv),
-                  "random noise": plots.amplification(s.classifier, x,
-                                                      plots.gaussian_like(x, x_adv, gen))}
-        dashed: dict[str, str | None] = {"random noise": None}
-        for name in names:
-            x_hat = s.apply(s.defense(name), x_adv)
-            curve = f"{name} (denoised)"
-            curves[curve] = plots.amplification(s.classifier, x, x_hat)
-            if args.matched_noise:
-                label = f"random noise, {name}'s norm"
-                curves[label] = plots.amplification(s.classifier, x,
-                                                    plots.gaussian_like(x, x_hat, gen))
-                dashed[label] = curve
-        stem = plots.file_stem("amplification", ds, s.model_name, args.attack)
-        title = (f"Error amplification on {ds}/{s.model_name}: {args.attack} "
-                 f"eps={format_eps(eps)}, n={len(x)}")
-        for path in plots.plot_amplification(curves, _plot_dir(args), title, stem, dashed):
+        for path in plot_figure5(_session(args, ds), args.attack, args.eps,
+                                 split_list(args.defense), _plot_dir(args), args.matched_noise):
             print(path)
     return 0
 
 
 def cmd_plot_residual(args: argparse.Namespace) -> int:
-    from bench import plots
-    from bench.residual import plot_residual
+    from bench.analysis.residual import plot_figure7
 
-    names = _preprocessors(split_list(args.defense), "residual")
     for ds in split_list(args.dataset):
-        s = _session(args, ds)
-        eps, x, x_adv = _oblivious_set(args, s)
-        panels = {name: (x_adv - x, x_adv - s.apply(s.defense(name), x_adv)) for name in names}
-        stem = plots.file_stem("residual", ds, s.model_name, args.attack)
-        title = (f"Adversarial vs predicted perturbation on {ds}/{s.model_name}: oblivious "
-                 f"{args.attack} eps={format_eps(eps)}, n={len(x)} images")
-        for path in plot_residual(panels, _plot_dir(args), title, stem):
+        for path in plot_figure7(_session(args, ds), args.attack, args.eps,
+                                 split_list(args.defense), _plot_dir(args)):
             print(path)
     return 0
 
 
 def cmd_plot_sweep(args: argparse.Namespace) -> int:
-    from bench import sweep
+    from bench.analysis import sweep
 
     cfg = _run_config(args)
     param = sweep.parse_param(args.param, cfg)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from bench.config import ENV_DATA_ROOT, data_root
 from bench.errors import ConfigError, DataNotFoundError
 from bench.registry import DATASETS, register_dataset
-from bench.train import check_memory
+from bench.runtime import check_memory
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")

@@ -26,10 +26,10 @@ from bench.data import get_dataset
 from bench.defense import MODEL, PREPROCESSOR, Defense
 from bench.errors import ConfigError
 from bench.registry import ATTACKS, DEFENSES, MODELS
+from bench.runtime import resolve_device
 from bench.session import Session, baseline_name
 from bench.store import CellResult, Store
 from bench.threat import Threat, attacked_model, evaluated_model, uses_bpda
-from bench.train import resolve_device
 
 log = logging.getLogger(__name__)
 SPLIT = "test"

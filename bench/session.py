@@ -22,7 +22,7 @@ from bench.data import BenchDataset, get_dataset
 from bench.defense import Defense, FitContext, LazyModels, fit_or_load
 from bench.models import LoadedModel, PendingClassifier, load_classifier, recipe_options
 from bench.registry import ATTACKS, DEFENSES
-from bench.train import batches, check_finite, progress
+from bench.runtime import batches, check_finite, progress
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,11 @@ class Session:
             else:
                 self._adv[h] = self._generate(attack, target)
         return self._adv[h]
+
+    def oblivious(self, attack: str, eps: float) -> torch.Tensor:
+        """The oblivious adversarial set of ``attack`` at ``eps``: crafted on the undefended
+        classifier, shared by every defense."""
+        return self.adversarial(self.build_attack(attack, eps), self.classifier, "classifier")
 
     def _generate(self, attack: Attack, target: nn.Module) -> torch.Tensor:
         x, y = self.test

@@ -29,7 +29,7 @@ from torch import nn
 
 from bench.attack import frozen
 from bench.errors import ConfigError
-from bench.train import batches, check_finite, progress
+from bench.runtime import batches, check_finite, progress
 
 PAPER_MILESTONES = (35 / 110, 70 / 110, 95 / 110)  # Xie et al.: lr / 10 at epochs 35, 70, 95
 PAPER_WARMUP = 5 / 110  # Goyal et al.'s warm-up, used when the scaled lr exceeds 0.1

@@ -296,11 +296,11 @@ def test_fit_images_read_only_those_training_images() -> None:
 
 def test_an_evaluation_slice_larger_than_memory_names_the_n_that_fits(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import bench.train
+    import bench.runtime
 
     ds = get_dataset("digits")
     per_image = 3 * 28 * 28 * 4  # three float32 copies of a 1x28x28 image
-    monkeypatch.setattr(bench.train, "available_memory", lambda: 100 * per_image)
+    monkeypatch.setattr(bench.runtime, "available_memory", lambda: 100 * per_image)
     with pytest.raises(ConfigError) as err:
         ds.tensors("test", copies=3)  # all 360 test images
     assert "--n 90 or fewer" in str(err.value) and "\n" not in str(err.value)

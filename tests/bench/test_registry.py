@@ -173,7 +173,7 @@ def test_prefix_families_resolve() -> None:
 def test_global_registries_resolve_builtin_entries() -> None:
     assert {"digits", "mnist", "cifar10", "svhn", "imagenet"} <= set(DATASETS.names())
     assert {"cnn", "cnn3x3", "resnet18", "vgg11"} <= set(MODELS.names())
-    assert MODELS.where("cnn") == "bench.models"
+    assert MODELS.where("cnn") == "bench.models.zoo"
     assert "timm:resnet18" in MODELS
     with pytest.raises(UnknownPluginError, match="Did you mean 'cifar10'.*list datasets"):
         DATASETS.get("cifar")

@@ -1,0 +1,115 @@
+"""The classifier lifecycle: build, load pretrained or cached weights, else train once and cache.
+
+Models without pretrained weights are trained by the harness with their ``recipe`` and cached by a
+hash of everything that determined the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench.cache import Cache, stable_hash
+from bench.data import BenchDataset
+from bench.models.zoo import Classifier
+from bench.registry import MODELS
+from bench.runtime import rng_isolated
+from bench.train import accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A ready classifier plus the hash that identifies its weights (for downstream cache keys)."""
+
+    name: str
+    model: Classifier
+    key: str
+    meta: dict[str, Any]
+
+
+RECIPE_OPTIONS = ("epochs", "lr", "batch_size", "train_images")
+
+
+def recipe_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The training-recipe part of model options (what also applies to surrogate models)."""
+    return {k: v for k, v in opts.items() if k in RECIPE_OPTIONS}
+
+
+class PendingClassifier:
+    """Classifier ``name`` for ``dataset``, built but not yet loaded: :attr:`key` (the hash its
+    weights are cached under) is known without training; :meth:`load` loads pretrained or cached
+    weights, else trains them once (a visible progress bar) and caches them.
+
+    Lets a caller that only needs the key (e.g. the cache key of a defense trained against this
+    model) avoid training a classifier that nothing will run.
+    """
+
+    def __init__(self, name: str, dataset: BenchDataset, *, cache: Cache, device: torch.device,
+                 seed: int = 0, **opts: Any) -> None:
+        info = dataset.info
+        self.name, self.dataset, self.cache = name, dataset, cache
+        self.device, self.seed = device, seed
+        self.entry = MODELS.get(name)
+        base_recipe = {"train_images": None, **getattr(self.entry.builder, "recipe",
+                                                       Classifier.recipe)}
+        self.recipe = {**base_recipe, **{k: v for k, v in opts.items() if k in base_recipe}}
+        self.arch_opts = {k: v for k, v in opts.items() if k not in base_recipe}
+        with rng_isolated(device):  # building draws initial weights: not from the caller's stream
+            self._built: Classifier | None = self._build()  # what load() fills; None once loaded
+        self.spec = {"model": name, "opts": opts, "dataset": info.name, "shape": info.input_shape,
+                     "recipe": self.recipe, "seed": seed, "pretrained": self._built.pretrained}
+        self.key = stable_hash(self.spec)
+        self._loaded: LoadedModel | None = None
+
+    def _build(self) -> Classifier:
+        info = self.dataset.info
+        return self.entry.build(input_shape=info.input_shape, num_classes=info.num_classes,
+                                **self.arch_opts)
+
+    def load(self) -> LoadedModel:
+        """The classifier with its weights (trained and cached on the first call if needed)."""
+        if self._loaded is None:
+            # Training seeds itself; isolating it keeps the caller's random stream the same whether
+            # this model came from the cache or was trained just now (a cold and a warm cache must
+            # give the same defense weights under the same cache key).
+            with rng_isolated(self.device):
+                self._loaded, self._built = self._load(), None
+        return self._loaded
+
+    def _load(self) -> LoadedModel:
+        info, model = self.dataset.info, self._built
+        assert model is not None  # only load() calls this, once
+        if model.pretrained:
+            return LoadedModel(self.name, model.to(self.device).eval(), self.key,
+                               {"pretrained": True})
+        meta = self.cache.load_module(model, "classifiers", f"{info.name}-{self.name}", self.spec)
+        if meta is None:
+            log.info("training classifier %s on %s (cached afterwards) ...", self.name, info.name)
+            x, y = self.dataset.tensors("train", self.recipe["train_images"])
+            torch.manual_seed(self.seed)
+            model = self._build().to(self.device)
+            meta = train_classifier(model, x, y, seed=self.seed,
+                                    desc=f"train {self.name} on {info.name}", device=self.device,
+                                    epochs=self.recipe["epochs"], lr=self.recipe["lr"],
+                                    batch_size=self.recipe["batch_size"])
+            xt, yt = self.dataset.tensors("test")
+            meta["test_acc"] = accuracy(model, xt.to(self.device), yt.to(self.device))
+            log.info("%s on %s: test accuracy %.4f", self.name, info.name, meta["test_acc"])
+            self.cache.save_module(model, "classifiers", f"{info.name}-{self.name}", self.spec,
+                                   meta)
+        return LoadedModel(self.name, model.to(self.device).eval(), self.key, meta)
+
+
+def load_classifier(name: str, dataset: BenchDataset, *, cache: Cache, device: torch.device,
+                    seed: int = 0, **opts: Any) -> LoadedModel:
+    """Build classifier ``name`` for ``dataset``; load pretrained or cached weights, else train.
+
+    Training (a visible progress bar) happens at most once per configuration: the weights are
+    cached under a hash of (model, options, dataset, recipe, seed).
+    """
+    return PendingClassifier(name, dataset, cache=cache, device=device, seed=seed, **opts).load()
