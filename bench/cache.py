@@ -5,6 +5,12 @@ metadata, where ``hash`` is a digest of everything that determined the weights (
 parameters, dataset, classifier hash, seed, training budget). A later run with the same key
 reloads instead of retraining; a file that cannot be read or does not fit raises
 :class:`CheckpointError` naming the file and the fix.
+
+Every read is verified: the sidecar records a SHA-256 digest of the tensors *and* the metadata, so
+a weight file or a recorded number (a test accuracy, a training loss) changed after it was written
+is an error, never copied into a result. Memoized tensors (:meth:`Cache.memo_tensors`: attack sets,
+training sets) are derivable, so a failed check there recomputes them and says so in the log. An
+entry of an older format (no digest) is a cache miss: it is recomputed and overwritten.
 """
 
 from __future__ import annotations
@@ -25,16 +31,28 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.config import cache_dir
-from bench.errors import CheckpointError
+from bench.errors import BenchError, CheckpointError
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sidecar holds a digest of tensors and metadata
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
     """A short hex digest of a JSON-serializable object, independent of key order."""
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """SHA-256 (hex) of ``meta`` (canonical JSON) and every tensor's name, dtype, shape and bytes,
+    in name order; reads the CPU tensors' memory without copying it."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def load_error_summary(exc: BaseException, limit: int = 200) -> str:
@@ -81,12 +99,17 @@ class Cache:
     # -- modules ------------------------------------------------------------------------------
     def load_module(self, module: nn.Module, kind: str, name: str,
                     key: dict[str, Any]) -> dict[str, Any] | None:
-        """Load cached weights into ``module``; return their metadata, or None when not cached."""
-        path = self.path(kind, name, key)
-        if not path.exists():
+        """Load cached weights into ``module``; return their metadata, or None when not cached.
+
+        Raises:
+            CheckpointError: the entry is corrupt, was made for another key, was altered after it
+                was written, or does not fit ``module`` (the message names the file).
+        """
+        hit = self.load_tensors(kind, name, key)
+        if hit is None:
             return None
-        meta = self._read_meta(path, key)
-        state = self._read_tensors(path)
+        state, meta = hit
+        path = self.path(kind, name, key)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -106,10 +129,12 @@ class Cache:
     # -- raw tensors --------------------------------------------------------------------------
     def save_tensors(self, tensors: dict[str, torch.Tensor], kind: str, name: str,
                      key: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
+        """Save ``tensors`` and ``meta`` under ``key`` (atomically, sidecar with their digest)."""
         path = self.path(kind, name, key)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        meta = json.loads(json.dumps(meta or {}, default=str))  # what a later read will see
         sidecar = {"format": FORMAT_VERSION, "key": key, "key_hash": stable_hash(key),
-                   "meta": meta or {}}
+                   "digest": tensors_digest(tensors, meta), "meta": meta}
         # Sidecar first: an interrupted save then leaves no weight file, i.e. a cache miss,
         # rather than weights without metadata (an error until the user deletes them).
         _atomic_write(path.with_suffix(".json"),
@@ -119,19 +144,48 @@ class Cache:
 
     def load_tensors(self, kind: str, name: str,
                      key: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The tensors and metadata cached under ``key``, verified; None when not cached (or
+        cached by an older format, which is then recomputed).
+
+        Raises:
+            CheckpointError: corrupt, made for another key, or altered after it was written.
+        """
         path = self.path(kind, name, key)
         if not path.exists():
             return None
-        meta = self._read_meta(path, key)
-        return self._read_tensors(path), meta
+        sidecar = self._read_sidecar(path, key)
+        if sidecar.get("format") != FORMAT_VERSION or "digest" not in sidecar:
+            log.info("cache entry %s has an older format (no digest); recomputing it", path)
+            return None
+        tensors, meta = self._read_tensors(path), dict(sidecar.get("meta", {}))
+        if tensors_digest(tensors, meta) != sidecar["digest"]:
+            raise CheckpointError(
+                f"Cached file {path} or its metadata {path.with_suffix('.json').name} was altered "
+                f"after it was written (digest mismatch). Delete it to recompute it."
+            )
+        return tensors, meta
 
     def memo_tensors(self, kind: str, name: str, key: dict[str, Any],
-                     make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Return the cached tensors for ``key``, computing and caching them on a miss."""
-        hit = self.load_tensors(kind, name, key)
-        if hit is not None:
-            return hit[0]
+                     make: Callable[[], dict[str, torch.Tensor]],
+                     validate: Callable[[dict[str, torch.Tensor]], None] | None = None
+                     ) -> dict[str, torch.Tensor]:
+        """Return the cached tensors for ``key``, computing and caching them on a miss.
+
+        What is read back is verified (digest) and passed to ``validate`` (which raises a
+        :class:`BenchError` to reject it); a cached entry that fails either is recomputed and
+        overwritten, with a warning naming the file. ``validate`` also checks what ``make``
+        returns, before it is cached."""
+        try:
+            hit = self.load_tensors(kind, name, key)
+            if hit is not None:
+                if validate is not None:
+                    validate(hit[0])
+                return hit[0]
+        except BenchError as exc:
+            log.warning("%s: %s Recomputing it.", self.path(kind, name, key), exc)
         tensors = make()
+        if validate is not None:
+            validate(tensors)
         self.save_tensors(tensors, kind, name, key)
         return tensors
 
@@ -144,7 +198,7 @@ class Cache:
                 f"Cached file {path} is corrupt ({exc}). Delete it to recompute it."
             ) from exc
 
-    def _read_meta(self, path: Path, key: dict[str, Any]) -> dict[str, Any]:
+    def _read_sidecar(self, path: Path, key: dict[str, Any]) -> dict[str, Any]:
         side = path.with_suffix(".json")
         try:
             sidecar = json.loads(side.read_text())
@@ -153,10 +207,11 @@ class Cache:
                 f"Metadata {side} of cached weights is missing or corrupt ({exc}). "
                 f"Delete {path} to recompute it."
             ) from exc
-        if sidecar.get("key_hash") != stable_hash(key):
+        if not isinstance(sidecar, dict) or sidecar.get("key_hash") != stable_hash(key):
+            got = sidecar.get("key_hash") if isinstance(sidecar, dict) else None
             raise CheckpointError(
                 f"Cached file {path} was made for a different configuration "
-                f"(key hash {sidecar.get('key_hash')} != {stable_hash(key)}). Delete it to "
+                f"(key hash {got} != {stable_hash(key)}). Delete it to "
                 f"recompute it."
             )
-        return dict(sidecar.get("meta", {}))
+        return sidecar

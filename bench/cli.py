@@ -8,20 +8,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
-from bench.cache import Cache
 from bench.config import (
+    ENV_CACHE_DIR,
     RunConfig,
-    parse_eps,
+    cache_dir,
+    check_output_path,
     parse_options,
     results_path,
     split_list,
 )
 from bench.errors import BenchError, ConfigError
 from bench.registry import REGISTRIES
-from bench.runtime import resolve_device
+from bench.runtime import set_quiet
 from bench.session import Session
 from bench.store import open_store
 
@@ -47,6 +49,13 @@ PLOT_EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``error: ...``), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -58,23 +67,28 @@ def _positive_int(text: str) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help="comma list (default: digits, embedded)")
+    """Options shared by run, train and plot. Defaults are None: the value then comes from the
+    config file, else from :class:`RunConfig`'s defaults (the precedence of ``--config``)."""
+    p.add_argument("--dataset", default=None, help="comma list (default: digits, embedded)")
     p.add_argument("--model", default=None, help="comma list (default: the dataset's model)")
     p.add_argument("--data-root", default=None, help="data folder (or $BENCH_DATA_ROOT)")
-    p.add_argument("--download", action="store_true", help="let torchvision download data")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--download", action="store_true", default=None,
+                   help="let torchvision download data")
+    p.add_argument("--device", default=None,
+                   help="auto (default: CUDA when present), cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default 250")
     p.add_argument("--fit-images", type=_positive_int, default=None,
                    help="training images of a defense's recipe (default: the dataset's)")
     p.add_argument("--defense-opt", action="append", metavar="[NAME.]KEY=VALUE",
                    help="defense option, e.g. epochs=5 or lgd.epochs=5 (repeatable)")
-    p.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
-                   help="classifier option, e.g. epochs=2, pretrained=false, weights=PATH")
+    p.add_argument("--model-opt", action="append", metavar="[NAME.]KEY=VALUE",
+                   help="classifier option, e.g. epochs=2, pretrained=false, weights=PATH; "
+                        "cnn3x3.epochs=2 for one model only")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", epilog=EPILOG,
+    parser = _Parser(prog="python -m bench", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Benchmark defenses against adversarial examples.")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -129,12 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _grid(p: argparse.ArgumentParser) -> None:
     """The options of a grid of cells run through the Runner (``run``, ``plot sweep``)."""
-    p.add_argument("--defense", default="none", help="comma list of defenses")
+    p.add_argument("--defense", default=None, help="comma list of defenses (default: none)")
     p.add_argument("--attack", default=None, help="comma list of attacks (required)")
     p.add_argument("--threat", default=None, help="oblivious,whitebox (default: both)")
     p.add_argument("--eps", default=None, help="comma list, e.g. 0.2 or 8/255")
     p.add_argument("--n", type=int, default=None, help="evaluate the first n test images")
-    p.add_argument("--alpha", type=float, default=None, help="attack step size")
+    p.add_argument("--alpha", default=None, help="attack step size, e.g. 0.01 or 2/255")
     p.add_argument("--targeted", choices=["random", "least-likely"], default=None)
     p.add_argument("--attack-opt", action="append", metavar="[NAME.]KEY=VALUE")
     p.add_argument("--results", default=None, help="SQLite store (default results/bench.sqlite)")
@@ -147,26 +161,33 @@ def _analysis(p: argparse.ArgumentParser) -> None:
     p.add_argument("--defense", required=True, help="comma list of preprocessing defenses")
     p.add_argument("--attack", required=True, help="the oblivious attack, e.g. ifgsm4")
     p.add_argument("--eps", default=None, help="one eps (default: the dataset's)")
-    p.add_argument("--n", type=_positive_int, default=500)
+    p.add_argument("--n", type=_positive_int, default=None, help="test images (default 500)")
     p.add_argument("--out", default=None, help="folder (default results/plots)")
 
 
-def _run_config(args: argparse.Namespace) -> RunConfig:
-    values = {
-        "datasets": tuple(split_list(args.dataset)), "models": tuple(split_list(args.model)),
-        "defenses": tuple(split_list(args.defense)), "attacks": tuple(split_list(args.attack)),
-        "threats": tuple(split_list(args.threat)),
-        "eps": tuple(parse_eps(e) for e in split_list(args.eps)), "n": args.n,
-        "seed": args.seed, "alpha": args.alpha, "targeted": args.targeted,
-        "batch_size": args.batch_size, "device": args.device, "download": args.download,
-        "data_root": args.data_root, "results": args.results, "fit_images": args.fit_images,
-        "defense_opts": parse_options(args.defense_opt),
-        "attack_opts": parse_options(args.attack_opt),
-        "model_opts": parse_options(args.model_opt),
-    }
-    if args.config:
-        return RunConfig.from_file(args.config, **values)
-    return RunConfig(**values)
+# argparse destination -> RunConfig field, and how the text becomes the field's value
+_FIELDS = {
+    "dataset": ("datasets", split_list), "model": ("models", split_list),
+    "defense": ("defenses", split_list), "attack": ("attacks", split_list),
+    "threat": ("threats", split_list), "eps": ("eps", split_list), "n": ("n", None),
+    "seed": ("seed", None), "alpha": ("alpha", None), "targeted": ("targeted", None),
+    "batch_size": ("batch_size", None), "device": ("device", None),
+    "download": ("download", None), "data_root": ("data_root", None),
+    "results": ("results", None), "fit_images": ("fit_images", None),
+    "defense_opt": ("defense_opts", parse_options), "attack_opt": ("attack_opts", parse_options),
+    "model_opt": ("model_opts", parse_options),
+}
+
+
+def _run_config(args: argparse.Namespace, **defaults: Any) -> RunConfig:
+    """The command's RunConfig: what the command line sets, then ``--config``'s file, then
+    ``defaults`` (the command's own), then the dataclass defaults."""
+    given = dict(defaults)
+    for dest, (name, convert) in _FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            given[name] = convert(value) if convert else value
+    return RunConfig.resolve(given, getattr(args, "config", None))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -183,17 +204,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    for ds in split_list(args.dataset):
-        for model in split_list(args.model) or [None]:
-            s = Session(ds, model, seed=args.seed, device=device, cache=Cache(),
-                        data_root=args.data_root, download=args.download,
-                        batch_size=args.batch_size, defense_opts=parse_options(args.defense_opt),
-                        model_opts=parse_options(args.model_opt), fit_images=args.fit_images)
-            print(f"{ds}/{s.model_name}: test accuracy {s.target.meta.get('test_acc', 'n/a')}")
-            for name in split_list(args.defense):
-                s.defense(name, retrain=args.retrain)
-                print(f"{ds}/{s.model_name}/{name}: {s.fit_meta(name)}")
+    cfg = _run_config(args, defenses=())
+    sessions = [Session.for_config(cfg, ds, model)
+                for ds in cfg.datasets for model in cfg.models or [None]]
+    for s in sessions:  # every option, name and file is checked before anything trains
+        s.validate(cfg.defenses)
+    for s in sessions:
+        print(f"{s.info.name}/{s.model_name}: test accuracy "
+              f"{s.target.meta.get('test_acc', 'n/a')}")
+        for name in cfg.defenses:
+            s.defense(name, retrain=args.retrain)
+            print(f"{s.info.name}/{s.model_name}/{name}: {s.fit_meta(name)}")
     return 0
 
 
@@ -216,28 +237,38 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from bench.session import baseline_name
 
     store = open_store(results_path(args.results), must_exist=True)
-    print(render(store.frame(), args.format, out_dir=args.out, baseline=baseline_name()))
+    out = check_output_path(args.out, "--out", folder=True) if args.out else None
+    print(render(store.frame(), args.format, out_dir=out, baseline=baseline_name()))
     return 0
 
 
 def _plot_dir(args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else results_path().parent / "plots"
+    out = Path(args.out) if args.out else results_path().parent / "plots"
+    return check_output_path(out, "--out", folder=True)
 
 
-def _session(args: argparse.Namespace, dataset: str) -> Session:
-    return Session(dataset, args.model, n=args.n, seed=args.seed,
-                   device=resolve_device(args.device), cache=Cache(), data_root=args.data_root,
-                   download=args.download, batch_size=args.batch_size,
-                   defense_opts=parse_options(args.defense_opt),
-                   model_opts=parse_options(args.model_opt), fit_images=args.fit_images)
+def _sessions(args: argparse.Namespace, plot: str) -> Iterator[Session]:
+    """One session per --dataset for an analysis plot (500 test images unless --n), each checked
+    before anything runs."""
+    from bench.analysis.common import preprocessors
+
+    preprocessors(split_list(args.defense), plot)
+    cfg = _run_config(args, n=500, defenses=split_list(args.defense),
+                      attacks=split_list(args.attack))
+    sessions = [Session.for_config(cfg, ds, cfg.models[0] if cfg.models else None)
+                for ds in cfg.datasets]
+    for s in sessions:
+        s.validate(cfg.defenses, cfg.attacks)
+    yield from sessions
 
 
 def cmd_plot_amplification(args: argparse.Namespace) -> int:
     from bench.analysis.amplification import plot_figure5
 
-    for ds in split_list(args.dataset):
-        for path in plot_figure5(_session(args, ds), args.attack, args.eps,
-                                 split_list(args.defense), _plot_dir(args), args.matched_noise):
+    out = _plot_dir(args)
+    for s in _sessions(args, "amplification"):
+        for path in plot_figure5(s, args.attack, args.eps, split_list(args.defense), out,
+                                 args.matched_noise):
             print(path)
     return 0
 
@@ -245,9 +276,9 @@ def cmd_plot_amplification(args: argparse.Namespace) -> int:
 def cmd_plot_residual(args: argparse.Namespace) -> int:
     from bench.analysis.residual import plot_figure7
 
-    for ds in split_list(args.dataset):
-        for path in plot_figure7(_session(args, ds), args.attack, args.eps,
-                                 split_list(args.defense), _plot_dir(args)):
+    out = _plot_dir(args)
+    for s in _sessions(args, "residual"):
+        for path in plot_figure7(s, args.attack, args.eps, split_list(args.defense), out):
             print(path)
     return 0
 
@@ -258,22 +289,29 @@ def cmd_plot_sweep(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     param = sweep.parse_param(args.param, cfg)
     values = sweep.parse_values(param, args.values)
+    out = _plot_dir(args)
     store = open_store(results_path(cfg.results))
     table = sweep.run_sweep(cfg, param, values, store)
-    for path in sweep.plot_sweep(table, param, _plot_dir(args)):
+    for path in sweep.plot_sweep(table, param, out):
         print(path)
     log.info("cells stored in %s", store.path)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a one-line usage error (see _Parser)
+        return int(exc.code or 0)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("bench: %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    set_quiet(args.quiet)
     try:
+        if args.command in ("run", "train", "plot"):  # they write trained weights and sets
+            check_output_path(cache_dir(), f"The cache folder (${ENV_CACHE_DIR})", folder=True)
         return int(args.func(args))
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

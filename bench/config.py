@@ -6,6 +6,7 @@ registered defaults, then the dataclass defaults below.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -22,12 +23,15 @@ ENV_RESULTS = "BENCH_RESULTS"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def parse_eps(text: str | float) -> float:
-    """Parse an L-inf radius on the [0,1] pixel scale: ``0.2``, ``8/255`` or ``0``.
+def parse_fraction(text: str | float, what: str = "Epsilon") -> float:
+    """A number on the [0,1] pixel scale written ``0.2``, ``8/255`` or ``0`` (eps, step sizes).
 
     Raises:
         ConfigError: not a number, negative, or above 1.
     """
+    if isinstance(text, bool) or not isinstance(text, (int, float, str)):
+        raise ConfigError(f"Bad {what.lower()} {text!r}: write a number on the [0,1] pixel scale "
+                          f"such as 0.03 or 8/255.")
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -36,14 +40,31 @@ def parse_eps(text: str | float) -> float:
             value = float(Fraction(s)) if "/" in s else float(s)
         except (ValueError, ZeroDivisionError):
             raise ConfigError(
-                f"Bad epsilon {text!r}: write a number on the [0,1] pixel scale such as 0.03 "
-                f"or 8/255."
+                f"Bad {what.lower()} {text!r}: write a number on the [0,1] pixel scale such as "
+                f"0.03 or 8/255."
             ) from None
     if not (0.0 <= value <= 1.0) or value != value:
         raise ConfigError(
-            f"Epsilon {text!r} is outside [0, 1]: eps is an L-inf radius on the [0,1] pixel scale "
+            f"{what} {text!r} is outside [0, 1]: it is on the [0,1] pixel scale "
             f"(e.g. 0.3 for MNIST, 8/255 for CIFAR-10)."
         )
+    return value
+
+
+def parse_eps(text: str | float) -> float:
+    """Parse an L-inf radius on the [0,1] pixel scale: ``0.2``, ``8/255`` or ``0``.
+
+    Raises:
+        ConfigError: not a number, negative, or above 1.
+    """
+    return parse_fraction(text, "Epsilon")
+
+
+def parse_alpha(text: str | float) -> float:
+    """Parse a step size: like :func:`parse_eps` (``2/255`` works) but strictly positive."""
+    value = parse_fraction(text, "Step size --alpha")
+    if value <= 0:
+        raise ConfigError(f"--alpha {text!r} must be > 0: pass a step size such as 2/255.")
     return value
 
 
@@ -66,13 +87,16 @@ def split_list(text: str | None) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+OPTION_KEY = re.compile(r"^([a-z0-9][a-z0-9_:-]*\.)?[a-z_][a-z0-9_]*$")
+
+
 def parse_options(items: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` or ``NAME.key=value`` pairs (``NAME`` scopes the option to one
     plugin); values are JSON when they parse as JSON, else strings."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep or not re.match(r"^([a-z0-9][a-z0-9_:-]*\.)?[a-z_][a-z0-9_]*$", key):
+        if not sep or not OPTION_KEY.match(key):
             raise ConfigError(f"Bad option {item!r}: write key=value or NAME.key=value, e.g. "
                               f"epochs=5 or lgd.epochs=5.")
         try:
@@ -117,12 +141,66 @@ def results_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "results" / "bench.sqlite"
 
 
+def check_output_path(path: str | os.PathLike[str], what: str, folder: bool = False) -> Path:
+    """``path`` (a file, or a folder when ``folder``) where the harness may write, as a resolved
+    Path; a one-line ConfigError otherwise (it, or a folder above it, is a regular file; it is a
+    folder where a file is expected; no permission to create it)."""
+    p = Path(path).expanduser().resolve()
+    if p.exists() and p.is_dir() != folder:
+        kind = "folder" if p.is_dir() else "file"
+        want = "a folder" if folder else "a file path"
+        raise ConfigError(f"{what} {p} is a {kind}: pass {want}.")
+    parent = p if folder else p.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {p}: {probe} is a file, not a folder; pass a path in a "
+                          f"folder.")
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"{what} {p}: no permission to write in {probe}; pass another path.")
+    return p
+
+
+def _names(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = split_list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip()
+                                                        for v in value):
+        raise ConfigError(f"{name} must be a list of names (or a comma list), got {value!r}.")
+    return tuple(v.strip() for v in value)
+
+
+def _int(name: str, value: Any, low: int | None, optional: bool) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ConfigError(f"{name} must be an integer{' or null' if optional else ''}, got "
+                          f"{value!r}.")
+    if low is not None and value < low:
+        raise ConfigError(f"{name} {int(value)} must be >= {low}.")
+    return int(value)
+
+
+def _options(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be an object of options such as {{\"epochs\": 5}}, got "
+                          f"{value!r}.")
+    for key in value:
+        if not isinstance(key, str) or not OPTION_KEY.match(key):
+            raise ConfigError(f"{name}: bad option name {key!r}; write key or NAME.key, e.g. "
+                              f"epochs or lgd.epochs.")
+    return dict(value)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The fully resolved configuration of one ``bench run`` grid.
 
     Every list is a grid axis; the runner crosses them. ``threats`` empty means: every threat
-    model that applies to each defense (both for preprocessors).
+    model that applies to each defense (both for preprocessors). Every field is checked and
+    normalized when the object is made, whatever its source (command line, config file, code):
+    lists may be given as comma strings, eps and alpha as fractions (``8/255``).
     """
 
     datasets: tuple[str, ...] = ("digits",)
@@ -146,39 +224,89 @@ class RunConfig:
     model_opts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.n is not None and self.n <= 0:
-            raise ConfigError(f"--n {self.n} is not a positive number of test images: use --n 100, "
+        put = object.__setattr__
+        for name in ("datasets", "models", "defenses", "attacks", "threats"):
+            put(self, name, _names(name, getattr(self, name)))
+        eps = self.eps
+        if isinstance(eps, str):
+            eps = split_list(eps)
+        elif isinstance(eps, (int, float)) and not isinstance(eps, bool):
+            eps = (eps,)
+        if not isinstance(eps, (list, tuple)):
+            raise ConfigError(f"eps must be a list of radii such as [0.1, \"8/255\"], got "
+                              f"{eps!r}.")
+        put(self, "eps", tuple(parse_eps(e) for e in eps))  # floats, never strings
+        n = _int("n", self.n, None, optional=True)
+        if n is not None and n <= 0:
+            raise ConfigError(f"--n {n} is not a positive number of test images: use --n 100, "
                               f"or leave it out to evaluate the whole test split.")
-        if self.fit_images is not None and self.fit_images <= 0:
-            raise ConfigError(f"--fit-images {self.fit_images} must be a positive number of "
-                              f"training images.")
-        if self.batch_size <= 0:
-            raise ConfigError(f"--batch-size {self.batch_size} must be positive.")
+        fit = _int("fit_images", self.fit_images, None, optional=True)
+        if fit is not None and fit <= 0:
+            raise ConfigError(f"--fit-images {fit} must be a positive number of training "
+                              f"images.")
+        batch = _int("batch_size", self.batch_size, None, optional=False)
+        if batch is not None and batch <= 0:
+            raise ConfigError(f"--batch-size {batch} must be positive.")
+        put(self, "n", n)
+        put(self, "fit_images", fit)
+        put(self, "batch_size", batch)
+        put(self, "seed", _int("seed", self.seed, 0, optional=False))
         if self.targeted not in (None, "random", "least-likely"):
             raise ConfigError(f"--targeted {self.targeted!r}: use 'random' or 'least-likely'.")
-        if self.alpha is not None and not (0 < self.alpha <= 1):
-            raise ConfigError(f"--alpha {self.alpha} must be in (0, 1] on the pixel scale.")
-        # A config file may write eps as "8/255": store the parsed float, never the string.
-        object.__setattr__(self, "eps", tuple(parse_eps(e) for e in self.eps))
+        if self.alpha is not None:
+            put(self, "alpha", parse_alpha(self.alpha))
+        if not isinstance(self.download, bool):
+            raise ConfigError(f"download must be true or false, got {self.download!r}.")
+        for name in ("device", "data_root", "results"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or (value is None and name != "device")):
+                raise ConfigError(f"{name} must be a string, got {value!r}.")
+        for name in ("defense_opts", "attack_opts", "model_opts"):
+            put(self, name, _options(name, getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> RunConfig:
-        """Read a JSON config file; ``overrides`` (from the command line) win over it."""
+    @staticmethod
+    def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """The fields a JSON config file sets (a one-line ConfigError for anything else)."""
         try:
             raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(
-                f"Cannot read config file {path}: {exc}. Pass a JSON object."
-            ) from exc
-        names = {f.name for f in fields(cls)}
-        unknown = set(raw) - names
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"Cannot read config file {path}: {why}. Pass a JSON object of "
+                              f"RunConfig fields.") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"Config file {path} holds a JSON {type(raw).__name__}, not an "
+                              f"object: write {{\"attacks\": [\"fgsm\"], ...}}.")
+        names = [f.name for f in fields(RunConfig)]
+        unknown = sorted(set(raw) - set(names))
         if unknown:
-            raise ConfigError(f"Unknown keys {sorted(unknown)} in {path}; known: {sorted(names)}.")
-        merged = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-        for key in ("datasets", "models", "defenses", "attacks", "threats", "eps"):
-            if key in merged and isinstance(merged[key], list):
-                merged[key] = tuple(merged[key])
-        return cls(**merged)
+            hints = [h for k in unknown for h in difflib.get_close_matches(k, names, n=1)]
+            hint = f" Did you mean {', '.join(map(repr, hints))}?" if hints else ""
+            raise ConfigError(f"Unknown keys {unknown} in {path}.{hint} Known: {names}.")
+        return raw
+
+    @classmethod
+    def resolve(cls, given: dict[str, Any], path: str | os.PathLike[str] | None = None
+                ) -> RunConfig:
+        """The configuration from ``given`` (only the fields set on the command line), then the
+        config file at ``path``, then the dataclass defaults (variant defaults apply later, when
+        plugins are built). Option dicts merge key by key, the command line winning."""
+        file_values = cls.read_file(path) if path else {}
+        merged = {**file_values, **given}
+        for name in ("defense_opts", "attack_opts", "model_opts"):
+            if isinstance(file_values.get(name), dict) and name in given:
+                merged[name] = {**file_values[name], **given[name]}
+        try:
+            return cls(**merged)
+        except ConfigError as exc:
+            if not path:
+                raise
+            raise ConfigError(f"{exc} (config file {path}, or the command line)") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> RunConfig:
+        """Read a JSON config file; ``overrides`` that are not None (from the command line) win
+        over it."""
+        return cls.resolve({k: v for k, v in overrides.items() if v is not None}, path)

@@ -24,7 +24,7 @@ from torch import nn
 
 from bench.cache import Cache, stable_hash
 from bench.data import BenchDataset, DatasetInfo, gather
-from bench.errors import ConfigError
+from bench.errors import ConfigError, PluginContractError
 
 log = logging.getLogger(__name__)
 PREPROCESSOR = "preprocessor"
@@ -184,6 +184,15 @@ class Defense(nn.Module):
                 "params": getattr(self, "params", {}), "shape": self.input_shape}
 
 
+def weights_key(defense: Defense, context: dict[str, Any], seed: int,
+                fit_images: int) -> dict[str, Any]:
+    """Everything that determines ``defense``'s trained weights: its class, parameters and input
+    shape, the classifier(s) and data it is trained against (``context``, as
+    :attr:`FitContext.key`), the seed and the training budget. The cache key of its weights, and
+    part of the identity of every cell that evaluates it; known without training."""
+    return {**defense.cache_key(), "context": context, "seed": seed, "fit_images": fit_images}
+
+
 def fit_or_load(defense: Defense, ctx: FitContext, retrain: bool = False) -> dict[str, Any]:
     """Load ``defense``'s cached weights, or train it with ``fit`` and cache them.
 
@@ -192,8 +201,7 @@ def fit_or_load(defense: Defense, ctx: FitContext, retrain: bool = False) -> dic
     if not defense.needs_training:
         return {}
     name = getattr(defense, "registry_name", type(defense).__name__.lower())
-    key = {**defense.cache_key(), "context": ctx.key, "seed": ctx.seed,
-           "fit_images": ctx.budget}
+    key = weights_key(defense, ctx.key, ctx.seed, ctx.budget)
     prefix = f"{ctx.info.name}-{name}"
     if not retrain:
         meta = ctx.cache.load_module(defense, "defenses", prefix, key)
@@ -209,3 +217,33 @@ def fit_or_load(defense: Defense, ctx: FitContext, retrain: bool = False) -> dic
     meta["weights_hash"] = stable_hash(key)
     ctx.cache.save_module(defense, "defenses", prefix, key, meta)
     return meta
+
+
+@torch.no_grad()
+def check_output(defense: Defense, name: str, probe: torch.Tensor) -> None:
+    """Check once what ``defense`` returns for ``probe`` (a few real images, N x C x H x W in
+    [0,1]): a preprocessor must return finite images of the same shape in [0,1], a model-kind
+    defense finite logits N x num_classes. A one-line :class:`PluginContractError` naming the
+    plugin otherwise, before any number is computed with it."""
+    out = defense(probe)
+    where = f"Defense '{name}' ({type(defense).__module__})"
+    fix = "fix the plugin (see the defense contract in the README)"
+    if not isinstance(out, torch.Tensor):
+        raise PluginContractError(f"{where} returned {type(out).__name__}, not a tensor; {fix}.")
+    if defense.kind == MODEL:
+        want = (len(probe), defense.num_classes)
+        if tuple(out.shape) != want:
+            raise PluginContractError(f"{where} returned logits of shape {tuple(out.shape)} for "
+                                      f"{len(probe)} images; a model defense returns {want}; "
+                                      f"{fix}.")
+    elif out.shape != probe.shape:
+        raise PluginContractError(f"{where} returned shape {tuple(out.shape)} for inputs "
+                                  f"{tuple(probe.shape)}: a preprocessor returns images of its "
+                                  f"input's shape in [0,1]; {fix}.")
+    if not torch.isfinite(out).all():
+        raise PluginContractError(f"{where} returned NaN or infinite values on clean test "
+                                  f"images; {fix}.")
+    if defense.kind != MODEL and (out.min() < -1e-6 or out.max() > 1 + 1e-6):
+        raise PluginContractError(f"{where} returned pixels in [{float(out.min()):.4g}, "
+                                  f"{float(out.max()):.4g}], outside [0,1]: clamp its output; "
+                                  f"{fix}.")

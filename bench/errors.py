@@ -30,6 +30,11 @@ class DataNotFoundError(BenchError, FileNotFoundError):
     """Dataset files are missing under the data root."""
 
 
+class DataCorruptError(BenchError):
+    """A dataset file is present but unreadable: truncated, a wrong checksum or bad content (the
+    message names the file)."""
+
+
 class CheckpointError(BenchError):
     """A cached weight file is corrupt or does not match what is expected."""
 
@@ -40,3 +45,7 @@ class AttackValidationError(BenchError):
 
 class NonFiniteError(BenchError, ArithmeticError):
     """A model, defense or attack produced NaN or infinite values."""
+
+
+class PluginContractError(BenchError):
+    """A plugin broke its contract (e.g. a preprocessor returned the wrong shape or range)."""

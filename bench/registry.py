@@ -18,6 +18,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -78,21 +79,111 @@ class Entry(Generic[T]):
         return obj
 
 
+# Options that count something (epochs, steps, images, queries, restarts, EOT draws): zero or a
+# negative number would make a meaningless artifact (an untrained model, an attack that does
+# nothing), so every plugin's options with these names must be integers >= 1 when given.
+COUNT_OPTIONS = frozenset({"epochs", "steps", "batch_size", "train_images", "fit_images",
+                           "n_queries", "n_restarts", "restarts", "eot", "attack_steps"})
+_PRIMITIVES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _alternatives(annotation: Any) -> list[str] | None:
+    """The ``|`` alternatives of a parameter's annotation as text (``"int | None"`` ->
+    ``["int", "None"]``); None when it has none."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
+                                                                    str(annotation))
+    return [a.strip() for a in text.split("|")]
+
+
+def _accepts(alt: str, value: Any) -> bool | None:
+    """Whether ``value`` fits the annotation alternative ``alt`` (None: cannot tell)."""
+    if alt == "None":
+        return value is None
+    if alt in _PRIMITIVES:
+        if isinstance(value, bool):
+            return alt == "bool"
+        if alt == "float":
+            return isinstance(value, (int, float))
+        if alt == "int":
+            return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        return isinstance(value, _PRIMITIVES[alt])
+    if alt.split("[")[0] in ("Sequence", "tuple", "list", "Tuple", "List"):
+        return isinstance(value, (list, tuple))
+    return None
+
+
+def check_option(plugin: str, param: inspect.Parameter, value: Any) -> Any:
+    """``value`` for the constructor parameter ``param`` of ``plugin``, normalized (``4.0`` for an
+    int is ``4``, ``1`` for a float is ``1.0``; a number given to a text option is its text);
+    a one-line ConfigError when it does not fit the annotation or is a count below 1."""
+    alts = _alternatives(param.annotation)
+    if alts is not None:
+        verdicts = [_accepts(a, value) for a in alts]
+        if not any(v is not False for v in verdicts):
+            if "str" in alts and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return json.dumps(value)  # --defense-opt source=123 meant the text "123"
+            example = "" if param.default in (inspect.Parameter.empty, None) else \
+                f" (default {param.default!r})"
+            raise ConfigError(f"'{plugin}' option {param.name}={value!r} must be "
+                              f"{' or '.join(alts)}{example}: pass e.g. "
+                              f"{plugin}.{param.name}={_example(alts, param.default)}.")
+        if "int" in alts and isinstance(value, float) and value.is_integer() and \
+                "float" not in alts:
+            value = int(value)
+        elif "float" in alts and "int" not in alts and isinstance(value, int) and \
+                not isinstance(value, bool):
+            value = float(value)
+    if param.name in COUNT_OPTIONS and value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"'{plugin}' option {param.name}={value!r} must be an integer >= 1 "
+                          f"(0 would make a meaningless artifact): pass e.g. "
+                          f"{plugin}.{param.name}={_example(['int'], param.default)}.")
+    return value
+
+
+def _example(alts: list[str], default: Any) -> str:
+    if default not in (inspect.Parameter.empty, None) and not isinstance(default, bool):
+        return json.dumps(default) if not isinstance(default, str) else default
+    return {"int": "1", "float": "0.1", "bool": "true", "str": "TEXT"}.get(
+        next((a for a in alts if a != "None"), "str"), "VALUE")
+
+
+def accepted_options(builder: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
+    """The keyword parameters ``builder`` takes, by name; None when it takes any (``**kw``) or
+    has no inspectable signature."""
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return {p.name: p for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def _resolve(name: str, builder: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with the builder's defaults filled in; unknown options are a ConfigError."""
+    """``params`` checked against the builder's signature (names and annotated types) and with
+    its defaults filled in; an unknown option or a wrong type is a one-line ConfigError that
+    suggests the closest option."""
     try:
         sig = inspect.signature(builder)
     except (TypeError, ValueError):
         return params
-    accepted = [p for p in sig.parameters.values()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    accepted = {p.name: p for p in sig.parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        unknown = sorted(set(params) - {p.name for p in accepted})
+        unknown = sorted(set(params) - set(accepted))
         if unknown:
-            raise ConfigError(f"'{name}' takes no option {', '.join(unknown)}; it accepts: "
-                              f"{', '.join(p.name for p in accepted) or 'none'}.")
-    filled = {p.name: p.default for p in accepted if p.default is not p.empty}
-    return {**filled, **params}
+            close = [c for u in unknown for c in difflib.get_close_matches(u, accepted, n=1)]
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"'{name}' takes no option {', '.join(unknown)}.{hint} It "
+                              f"accepts: {', '.join(accepted) or 'none'}.")
+    checked = {k: check_option(name, accepted[k], v) if k in accepted else v
+               for k, v in params.items()}
+    filled = {p.name: p.default for p in accepted.values() if p.default is not p.empty}
+    return {**filled, **checked}
 
 
 def _describe(obj: Any, description: str | None) -> str:
@@ -182,6 +273,8 @@ class Registry(Generic[T]):
             raise
 
     def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
+        """Import one entry point; a failure, or a module that registers nothing here, is a
+        PluginImportError naming the package (never a silently missing plugin)."""
         try:
             ep.load()
         except DuplicatePluginError:
@@ -192,6 +285,19 @@ class Registry(Generic[T]):
                 f"group '{self.group}') failed to import: {type(exc).__name__}: {exc}. "
                 f"Fix or uninstall that package."
             ) from exc
+        # Judged by the entries' modules, not by what this load added: a module registering
+        # defenses and attacks (two entry points) is already imported when the second one loads.
+        module = ep.module
+        if not any(e.module == module or e.module.startswith(module + ".")
+                   for e in (*self._entries.values(), *self._prefixes.values())):
+            dist = getattr(ep, "dist", None)
+            package = f", package {dist.name}" if dist is not None and dist.name else ""
+            raise PluginImportError(
+                f"Third-party {self.kind} plugin '{ep.name}' ({ep.value}{package}) loaded but "
+                f"registered no {self.kind}: its module must apply @register_{self.kind} when "
+                f"imported (a folder named '{module.split('.')[0]}' in the current directory "
+                f"can shadow the installed module)."
+            )
 
     # -- lookup -------------------------------------------------------------------------------
     def names(self) -> list[str]:

@@ -20,29 +20,19 @@ import numpy as np
 import torch
 
 import bench
+from bench.attack import Attack
 from bench.cache import Cache, stable_hash
-from bench.config import PROJECT_ROOT, RunConfig, parse_eps
+from bench.config import PROJECT_ROOT, RunConfig
 from bench.data import get_dataset
 from bench.defense import MODEL, PREPROCESSOR, Defense
 from bench.errors import ConfigError
 from bench.registry import ATTACKS, DEFENSES, MODELS
 from bench.runtime import resolve_device
-from bench.session import Session, baseline_name
+from bench.session import SPLIT, Session, baseline_name, derive_seed
 from bench.store import CellResult, Store
-from bench.threat import Threat, attacked_model, evaluated_model, uses_bpda
+from bench.threat import Threat, attacked_model, uses_bpda
 
 log = logging.getLogger(__name__)
-SPLIT = "test"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the grid (before its hash is resolved)."""
-
-    defense: str
-    attack: str
-    threat: Threat
-    eps: float
 
 
 def versions() -> dict[str, str]:
@@ -92,6 +82,25 @@ def threats_for(cfg: RunConfig) -> list[Threat]:
     return [Threat.parse(t) for t in cfg.threats] or list(Threat)
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid, planned once: its attack (built once per (attack, eps) and
+    session), its fully resolved configuration and the hash that identifies it in the store."""
+
+    defense: str
+    attack: Attack
+    threat: Threat
+    eps: float
+    config: dict[str, Any]
+    hash: str
+
+    @property
+    def seed(self) -> int:
+        """The cell's own seed (of its evaluation randomness), derived from its hash: the same
+        whatever else runs in the grid, in whatever order, resumed or not."""
+        return derive_seed("cell", self.hash)
+
+
 class Runner:
     """Runs a :class:`RunConfig` grid into a :class:`Store`."""
 
@@ -103,22 +112,24 @@ class Runner:
         self.versions = versions()
         self.git_rev = git_revision()
 
-    def run(self) -> list[str]:
-        """Run every cell not yet stored; return the hashes of all cells of the grid."""
+    def sessions(self) -> list[Session]:
+        """One session per (dataset, model) of the grid, every one of them checked (names,
+        options, data files) before anything is trained."""
         validate_names(self.cfg)
-        hashes: list[str] = []
+        out = []
         for ds_name in self.cfg.datasets:
             info = get_dataset(ds_name, root=self.cfg.data_root).info
-            models = self.cfg.models or (info.models[0],)
-            for model_name in models:
-                session = Session(ds_name, model_name, n=self.cfg.n, seed=self.cfg.seed,
-                                  device=self.device, cache=self.cache,
-                                  data_root=self.cfg.data_root, download=self.cfg.download,
-                                  batch_size=self.cfg.batch_size,
-                                  defense_opts=self.cfg.defense_opts,
-                                  model_opts=self.cfg.model_opts,
-                                  fit_images=self.cfg.fit_images)
-                hashes += self._run_session(session)
+            for model_name in self.cfg.models or (info.models[0],):
+                out.append(Session.for_config(self.cfg, ds_name, model_name, cache=self.cache))
+        for s in out:
+            s.validate(self.defenses(), self.cfg.attacks, self.cfg.eps)
+        return out
+
+    def run(self) -> list[str]:
+        """Run every cell not yet stored; return the hashes of all cells of the grid."""
+        hashes: list[str] = []
+        for session in self.sessions():
+            hashes += self._run_session(session)
         return hashes
 
     def defenses(self) -> list[str]:
@@ -126,85 +137,90 @@ class Runner:
         base = baseline_name()
         return [base] + [d for d in dict.fromkeys(self.cfg.defenses) if d != base]
 
+    def plan(self, s: Session, defense: str) -> list[Cell]:
+        """The cells of ``defense`` in session ``s``: attacks x eps x threats."""
+        eps_list = list(self.cfg.eps) or [s.info.default_eps]
+        cells = []
+        for a in self.cfg.attacks:
+            for e in eps_list:
+                attack = s.attack(a, e)
+                for t in threats_for(self.cfg):
+                    config = self.cell_config(s, defense, attack, t)
+                    cells.append(Cell(defense, attack, t, e, config,
+                                      stable_hash(config, length=24)))
+        return cells
+
     def _run_session(self, s: Session) -> list[str]:
-        eps_list = [parse_eps(e) for e in self.cfg.eps] or [s.info.default_eps]
         hashes = []
         for d_name in self.defenses():
-            entry = DEFENSES.get(d_name)
-            check = getattr(entry.builder, "unsupported", None)
-            why = check(s.info.input_shape) if check else None
+            why = s.unsupported(d_name)
             if why:
                 log.warning("skipping %s on %s: %s", d_name, s.info.name, why)
                 continue
-            cells = [Cell(d_name, a, t, e) for a in self.cfg.attacks for e in eps_list
-                     for t in threats_for(self.cfg)]
-            keyed = {self.cell_hash(s, c): c for c in cells}
-            hashes += list(keyed)
-            done = self.store.done(keyed)
-            todo = {h: c for h, c in keyed.items() if h not in done}
-            if len(todo) < len(keyed):
+            cells = self.plan(s, d_name)
+            hashes += [c.hash for c in cells]
+            done = self.store.done(c.hash for c in cells)
+            todo = [c for c in cells if c.hash not in done]
+            if len(todo) < len(cells):
                 log.info("%s/%s/%s: %d of %d cells already stored", s.info.name, s.model_name,
-                         d_name, len(keyed) - len(todo), len(keyed))
+                         d_name, len(cells) - len(todo), len(cells))
             if todo:
                 self._run_defense(s, d_name, todo)
         return hashes
 
-    def cell_config(self, s: Session, c: Cell) -> dict[str, Any]:
-        """The fully resolved configuration of a cell (its hash identifies it in the store)."""
-        attack = s.build_attack(c.attack, c.eps, self.cfg.attack_opts, alpha=self.cfg.alpha,
-                                targeted=self.cfg.targeted)
-        n = len(s.test[1])
-        return {"dataset": s.info.name, "split": SPLIT, "n": n, "model": s.model_name,
-                "model_opts": s.model_opts, "defense": c.defense,
-                "defense_params": s.defense_params(c.defense), "attack": c.attack,
-                "attack_params": attack.describe(), "threat": c.threat.value, "norm": attack.norm,
-                "eps": c.eps, "seed": self.cfg.seed, "fit_images": self.cfg.fit_images}
+    def cell_config(self, s: Session, defense: str, attack: Attack,
+                    threat: Threat) -> dict[str, Any]:
+        """The fully resolved configuration of a cell: everything that can change its numbers
+        (its hash identifies it in the store)."""
+        ident = s.defense_id(defense)
+        return {"dataset": s.info.name, "split": SPLIT, "n": len(s.test[1]),
+                "slice": s.slice_id, "model": s.model_name,
+                "model_opts": s.pending_target.spec["opts"], "classifier": s.pending_target.key,
+                "defense": defense, "defense_params": ident["params"],
+                "defense_weights": ident["weights"], "fit_images": ident["fit_images"],
+                "attack": attack.name, "attack_params": attack.describe(),
+                "threat": threat.value, "norm": attack.norm, "eps": attack.eps,
+                "seed": self.cfg.seed, "batch_size": s.batch_size}
 
-    def cell_hash(self, s: Session, c: Cell) -> str:
-        return stable_hash(self.cell_config(s, c), length=24)
-
-    def _run_defense(self, s: Session, d_name: str, todo: dict[str, Cell]) -> None:
+    def _run_defense(self, s: Session, d_name: str, todo: list[Cell]) -> None:
         t0 = time.perf_counter()
         defense = s.defense(d_name)
-        x, y = s.test
-        pipeline = evaluated_model(s.classifier, defense)
-        clean = s.correct(pipeline, x, y)
+        ident = stable_hash({"defense": s.defense_id(d_name), "slice": s.slice_id,
+                             "classifier": s.pending_target.key, "seed": self.cfg.seed,
+                             "batch_size": s.batch_size})
+        clean, _ = s.evaluate(defense, s.test[0], derive_seed("clean", ident))
         setup = time.perf_counter() - t0
         log.info("%s/%s/%s: clean accuracy %.4f", s.info.name, s.model_name, d_name,
                  float(clean.float().mean()))
-        for h, c in todo.items():
+        for c in todo:
             t1 = time.perf_counter()
-            attack = s.build_attack(c.attack, c.eps, self.cfg.attack_opts, alpha=self.cfg.alpha,
-                                    targeted=self.cfg.targeted)
             target, target_key = attacked_model(c.threat, s.classifier, defense)
             if target_key != "classifier":
-                target_key += ":" + stable_hash(s.defense_params(d_name))
-            x_adv = s.adversarial(attack, target, target_key)
-            robust = s.correct(pipeline, x_adv, y)
-            self.store.add(self._result(s, c, h, defense, attack, clean, robust, x_adv,
+                target_key += ":" + stable_hash(s.defense_id(d_name))
+            x_adv = s.adversarial(c.attack, target, target_key)
+            loss_wanted = defense.kind == PREPROCESSOR and not defense.identity
+            robust, loss = s.evaluate(defense, x_adv, c.seed, denoising_loss=loss_wanted)
+            self.store.add(self._result(s, c, defense, clean, robust, loss,
                                         time.perf_counter() - t1 + setup / len(todo)))
             log.info("%s/%s/%s %s %s eps=%.4g: robust accuracy %.4f", s.info.name, s.model_name,
-                     d_name, c.attack, c.threat.value, c.eps, float(robust.float().mean()))
+                     d_name, c.attack.name, c.threat.value, c.eps, float(robust.float().mean()))
 
-    def _result(self, s: Session, c: Cell, h: str, defense: Defense, attack: Any,
-                clean: torch.Tensor, robust: torch.Tensor, x_adv: torch.Tensor,
-                wall: float) -> CellResult:
-        x, _ = s.test
-        loss = None
-        if defense.kind == PREPROCESSOR and not defense.identity:
-            loss = float(defense.denoising_loss(s.apply(defense, x_adv), x).mean())
+    def _result(self, s: Session, c: Cell, defense: Defense, clean: torch.Tensor,
+                robust: torch.Tensor, loss: torch.Tensor | None, wall: float) -> CellResult:
         meta = {**defense.metadata(), "fit": s.fit_meta(c.defense),
-                "classifier": s.target.meta, "gradient_free": attack.gradient_free}
+                "classifier": s.target.meta, "gradient_free": c.attack.gradient_free,
+                "evaluation_seed": c.seed}
         if defense.kind == MODEL:
             meta["replaces_classifier"] = True
         return CellResult(
-            config_hash=h, dataset=s.info.name, split=SPLIT, n=len(x), model=s.model_name,
-            defense=c.defense, defense_kind=defense.kind, attack=c.attack, threat=c.threat.value,
-            norm=attack.norm, eps=c.eps, seed=self.cfg.seed,
-            clean_correct=clean.numpy().astype(np.uint8),
+            config_hash=c.hash, dataset=s.info.name, split=SPLIT, n=len(robust),
+            model=s.model_name, defense=c.defense, defense_kind=defense.kind,
+            attack=c.attack.name, threat=c.threat.value, norm=c.attack.norm, eps=c.eps,
+            seed=self.cfg.seed, clean_correct=clean.numpy().astype(np.uint8),
             robust_correct=robust.numpy().astype(np.uint8), wall_time=wall,
-            device=str(self.device), git_rev=self.git_rev, attack_params=attack.describe(),
-            defense_params=s.defense_params(c.defense), versions=self.versions,
-            config=self.cell_config(s, c), metadata=meta, denoise_loss=loss,
-            bpda=uses_bpda(c.threat, defense, attack.gradient_free),
+            device=str(self.device), git_rev=self.git_rev, attack_params=c.attack.describe(),
+            defense_params=c.config["defense_params"], versions=self.versions,
+            config=c.config, metadata=meta,
+            denoise_loss=float(loss.mean()) if loss is not None else None,
+            bpda=uses_bpda(c.threat, defense, c.attack.gradient_free),
         )

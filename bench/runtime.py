@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,19 +63,88 @@ def check_memory(count: int, unit_bytes: int, what: str, option: str) -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is a ConfigError."""
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Raises:
+        ConfigError: any other name, or a device that this machine does not have.
+    """
+    name = str(name).strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available; use --device cpu.")
-    try:
+    if name == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA device is available; use --device cpu.")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}.")
         return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {name!r} is not a device: use auto, cpu or cuda.") from exc
+    if name == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError("--device mps: Apple's MPS backend is not available here; use "
+                              "--device cpu.")
+        return torch.device("mps")
+    raise ConfigError(f"--device {name!r} is not supported: use auto, cpu, cuda, cuda:N or mps.")
+
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """``-q``: no progress bars and no end-of-stage lines."""
+    global _quiet
+    _quiet = bool(quiet)
+
+
+class _StageLog:
+    """What :func:`progress` gives when stderr is not a terminal (a CI or nightly log): the same
+    interface as a tqdm bar, drawing nothing, and one log line when the stage ends instead of
+    thousands of carriage-return frames."""
+
+    def __init__(self, iterable: Any = None, desc: str = "", total: int | None = None,
+                 **_: Any) -> None:
+        self.iterable, self.desc = iterable, desc or "stage"
+        self.total = total if total is not None else (
+            len(iterable) if hasattr(iterable, "__len__") else None)
+        self.n, self.postfix, self.start, self.closed = 0, "", time.perf_counter(), False
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable:
+            yield item
+            self.n += 1
+        self.close()
+
+    def __enter__(self) -> _StageLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, ordered_dict: Any = None, **kwargs: Any) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not _quiet:
+            of = f"/{self.total}" if self.total is not None else ""
+            extra = f" ({self.postfix})" if self.postfix else ""
+            log.info("%s: %d%s steps in %.1f s%s", self.desc, self.n, of,
+                     time.perf_counter() - self.start, extra)
 
 
 def progress(iterable: Any = None, **kwargs: Any) -> Any:
-    """A tqdm progress bar on stderr (stdout stays for tables and paths)."""
+    """A tqdm progress bar on stderr when stderr is a terminal (stdout stays for tables and
+    paths); in a log, one line when the stage ends (:class:`_StageLog`); nothing with ``-q``."""
+    if _quiet or not sys.stderr.isatty():
+        return _StageLog(iterable, **kwargs)
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)

@@ -1,14 +1,19 @@
 """A (dataset, classifier) session: the objects every command needs, built lazily and cached.
 
 It owns the test slice, the target classifier (trained on demand), the surrogate models, fitted
-defenses, and the adversarial sets already computed, so that a grid, a plot or a training command
-never repeats work: oblivious adversarial examples are computed once per (attack, classifier,
-slice) and reused by every defense, on disk across runs too.
+defenses, built attacks and the adversarial sets already computed, so that a grid, a plot or a
+training command never repeats work: oblivious adversarial examples are computed once per
+(attack, classifier, slice) and reused by every defense, on disk across runs too.
+
+Everything that can change a number has an identity here, known before anything is trained:
+the slice (its content digest), the classifier (its weight key), a defense (its resolved
+parameters and weight key), an adversarial set (:meth:`Session.adversarial_key`). Every
+adversarial set is validated against the clean slice whenever it is used, computed or read back.
 """
 
 from __future__ import annotations
 
-import inspect
+import hashlib
 import logging
 from functools import cached_property
 from typing import Any
@@ -16,41 +21,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.attack import Attack
+from bench.attack import Attack, validate_adversarial
 from bench.cache import Cache, stable_hash
-from bench.data import BenchDataset, get_dataset
-from bench.defense import Defense, FitContext, LazyModels, fit_or_load
-from bench.models import LoadedModel, PendingClassifier, load_classifier, recipe_options
-from bench.registry import ATTACKS, DEFENSES
-from bench.runtime import batches, check_finite, progress
+from bench.data import SPLITS, BenchDataset, get_dataset
+from bench.defense import (
+    MODEL,
+    Defense,
+    FitContext,
+    LazyModels,
+    check_output,
+    fit_or_load,
+    weights_key,
+)
+from bench.models import LoadedModel, PendingClassifier, recipe_options
+from bench.options import check_scopes, scoped
+from bench.registry import ATTACKS, DEFENSES, accepted_options
+from bench.runtime import batches, check_finite, progress, rng_isolated
 
 log = logging.getLogger(__name__)
-
-
-def accepted(builder: Any, options: dict[str, Any], scope: str) -> dict[str, Any]:
-    """The options meant for the plugin ``scope``: ``scope.key=v`` always, bare ``key=v`` when the
-    plugin's constructor takes ``key``."""
-    try:
-        params = inspect.signature(builder).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        name, dot, param = key.rpartition(".")
-        if dot and name == scope:
-            out[param] = value
-        elif not dot and (key in params or takes_any):
-            out[key] = value
-    return out
-
-
-def takes(builder: Any, param: str) -> bool:
-    """Whether ``builder``'s signature names the parameter ``param``."""
-    try:
-        return param in inspect.signature(builder).parameters
-    except (TypeError, ValueError):
-        return False
+SPLIT = "test"
+PROBE = 4  # clean test images each defense's output is checked on, once
 
 
 def baseline_name() -> str:
@@ -61,6 +51,12 @@ def baseline_name() -> str:
     raise LookupError("no identity (undefended) defense is registered")
 
 
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from ``parts`` (e.g. a cell's hash and a batch index): the same parts give
+    the same seed on every machine, run and grid order."""
+    return int(stable_hash([str(p) for p in parts], length=15), 16)
+
+
 class Session:
     """Lazily built state for one dataset and target model.
 
@@ -68,13 +64,18 @@ class Session:
         dataset: dataset name or object.
         model: target classifier name (default: the dataset's first model).
         n: evaluate the first ``n`` test images (all when None).
+        defense_opts, attack_opts, model_opts: ``key`` or ``NAME.key`` options (see
+            :mod:`bench.options`).
+        alpha, targeted: the attacks' step size and target mode (None: their defaults).
     """
 
     def __init__(self, dataset: str | BenchDataset, model: str | None = None, *,
                  n: int | None = None, seed: int = 0, device: torch.device | None = None,
                  cache: Cache | None = None, data_root: str | None = None, download: bool = False,
                  batch_size: int = 250, defense_opts: dict[str, Any] | None = None,
-                 model_opts: dict[str, Any] | None = None, fit_images: int | None = None) -> None:
+                 model_opts: dict[str, Any] | None = None, fit_images: int | None = None,
+                 attack_opts: dict[str, Any] | None = None, alpha: float | None = None,
+                 targeted: str | None = None) -> None:
         self.dataset = (dataset if isinstance(dataset, BenchDataset)
                         else get_dataset(dataset, root=data_root, download=download))
         self.info = self.dataset.info
@@ -86,28 +87,91 @@ class Session:
         self.batch_size = batch_size
         self.defense_opts = dict(defense_opts or {})
         self.model_opts = dict(model_opts or {})
+        self.attack_opts = dict(attack_opts or {})
+        self.alpha, self.targeted = alpha, targeted
         self.fit_images = fit_images
+        self._built: dict[str, Defense] = {}
         self._defenses: dict[str, Defense] = {}
         self._fit_meta: dict[str, dict[str, Any]] = {}
+        self._attacks: dict[tuple[str, float], Attack] = {}
         self._adv: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def for_config(cls, cfg: Any, dataset: str, model: str | None = None,
+                   cache: Cache | None = None) -> Session:
+        """The session of ``cfg`` (a :class:`~bench.config.RunConfig`) for one dataset and model."""
+        from bench.runtime import resolve_device
+
+        return cls(dataset, model, n=cfg.n, seed=cfg.seed, device=resolve_device(cfg.device),
+                   cache=cache, data_root=cfg.data_root, download=cfg.download,
+                   batch_size=cfg.batch_size, defense_opts=cfg.defense_opts,
+                   model_opts=cfg.model_opts, fit_images=cfg.fit_images,
+                   attack_opts=cfg.attack_opts, alpha=cfg.alpha, targeted=cfg.targeted)
+
+    # -- checks before anything runs ----------------------------------------------------------
+    def validate(self, defenses: tuple[str, ...] | list[str] = (),
+                 attacks: tuple[str, ...] | list[str] = (),
+                 eps: tuple[float, ...] | list[float] = ()) -> None:
+        """Check everything this session will use, before anything is trained: the data files,
+        every option (scopes, names, types, values) and every plugin's construction.
+
+        Raises:
+            BenchError: one line saying what is wrong and how to fix it.
+        """
+        models = [self.model_name, *[m for m in self.info.models if m != self.model_name]]
+        check_scopes(self.model_opts, "model", models, "--model-opt", known=list(models))
+        check_scopes(self.defense_opts, "defense", list(defenses), "--defense-opt")
+        check_scopes(self.attack_opts, "attack", list(attacks), "--attack-opt")
+        trains = not self.pending_target.spec["pretrained"]  # building checks its options
+        self.pending_surrogates  # noqa: B018
+        for name in defenses:
+            if not self.unsupported(name):
+                trains |= self.built(name).needs_training
+        for name in attacks:
+            for e in eps or (self.info.default_eps,):
+                self.attack(name, e)
+        self.dataset.check(SPLITS if trains else (SPLIT,))  # nothing trains: test split only
 
     # -- data and models ----------------------------------------------------------------------
     @cached_property
     def test(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The evaluated slice: the first ``n`` test images and labels (CPU tensors)."""
-        return self.dataset.tensors("test", self.n, copies=3)  # clean, adversarial, defended
+        return self.dataset.tensors(SPLIT, self.n, copies=3)  # clean, adversarial, defended
+
+    @cached_property
+    def slice_id(self) -> str:
+        """The evaluated slice's identity: dataset, split, size and a digest of its pixels and
+        labels (other files, or another decoder, give another slice)."""
+        x, y = self.test
+        h = hashlib.sha256()
+        for t in (x, y):
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+        return f"{self.info.name}/{SPLIT}/{len(y)}/{h.hexdigest()[:16]}"
+
+    def _model_opts(self, name: str, target: bool) -> dict[str, Any]:
+        """The options of classifier ``name``: ``name.key`` ones, and bare ones (only their
+        training recipe for a surrogate)."""
+        bare = {k: v for k, v in self.model_opts.items() if "." not in k}
+        return {**(bare if target else recipe_options(bare)), **scoped(self.model_opts, name)}
+
+    @cached_property
+    def pending_target(self) -> PendingClassifier:
+        """The target classifier, built, its weight key known, not yet loaded or trained."""
+        return PendingClassifier(self.model_name, self.dataset, cache=self.cache,
+                                 device=self.device, seed=self.seed,
+                                 **self._model_opts(self.model_name, True))
 
     @cached_property
     def target(self) -> LoadedModel:
-        return load_classifier(self.model_name, self.dataset, cache=self.cache, device=self.device,
-                               seed=self.seed, **self.model_opts)
+        """The target classifier with its weights (trained and cached on first use)."""
+        return self.pending_target.load()
 
     @cached_property
     def pending_surrogates(self) -> list[PendingClassifier]:
         """The dataset's other models, built (their weight keys known) but not loaded/trained."""
         names = [m for m in self.info.models if m != self.model_name]
         return [PendingClassifier(m, self.dataset, cache=self.cache, device=self.device,
-                                  seed=self.seed, **recipe_options(self.model_opts))
+                                  seed=self.seed, **self._model_opts(m, False))
                 for m in names]
 
     @property
@@ -119,17 +183,26 @@ class Session:
     def classifier(self) -> nn.Module:
         return self.target.model
 
+    def fit_key(self) -> dict[str, Any]:
+        """What a defense's weights are trained against: dataset, classifier and surrogates (their
+        weight keys; nothing is trained to know them)."""
+        return {"dataset": self.info.name, "classifier": self.pending_target.key,
+                "surrogates": [p.key for p in self.pending_surrogates]}
+
     def fit_context(self) -> FitContext:
         """What a defense's ``fit`` gets. The surrogates are made at first use: only the defenses
         that use them (HGD's training set) make the harness train them; their keys are part of
         ``key`` either way, so a defense's cache key does not depend on whether they exist yet."""
-        key = {"dataset": self.info.name, "classifier": self.target.key,
-               "surrogates": [p.key for p in self.pending_surrogates]}
         surrogates = LazyModels(lambda: [s.model for s in self.surrogates])
         return FitContext(self.dataset, self.classifier, surrogates, self.device, self.cache,
-                          self.seed, key, self.fit_images)
+                          self.seed, self.fit_key(), self.fit_images)
 
     # -- defenses -----------------------------------------------------------------------------
+    def unsupported(self, name: str) -> str | None:
+        """Why defense ``name`` cannot run on this dataset's inputs (None when it can)."""
+        check = getattr(DEFENSES.get(name).builder, "unsupported", None)
+        return check(self.info.input_shape) if check else None
+
     def defense_params(self, name: str) -> dict[str, Any]:
         """Constructor options of defense ``name`` (from ``--defense-opt``), shape included.
 
@@ -137,19 +210,50 @@ class Session:
         option or its variant sets it (so it can build the same architecture).
         """
         entry = DEFENSES.get(name)
-        opts = accepted(entry.builder, self.defense_opts, name)
-        if "model" not in opts and "model" not in entry.overrides and takes(entry.builder, "model"):
+        opts = scoped(self.defense_opts, name, entry.builder)
+        takes = accepted_options(entry.builder)
+        if takes and "model" in takes and "model" not in opts and "model" not in entry.overrides:
             opts["model"] = self.model_name
         return entry.resolve(**opts, input_shape=self.info.input_shape,
                              num_classes=self.info.num_classes)
 
+    def built(self, name: str) -> Defense:
+        """Defense ``name`` constructed (initial weights drawn from the session's seed, which the
+        weight key names) but not fitted."""
+        if name not in self._built and name not in self._defenses:
+            with rng_isolated(self.device):
+                torch.manual_seed(self.seed)
+                self._built[name] = DEFENSES.get(name).build(**self.defense_params(name))
+        return self._built.get(name) or self._defenses[name]
+
+    def defense_id(self, name: str) -> dict[str, Any]:
+        """Defense ``name``'s identity: its resolved parameters and, when it trains, the hash of
+        its weight key (what it is trained against, seed, budget); known without training."""
+        d = self.built(name)
+        weights = (stable_hash(weights_key(d, self.fit_key(), self.seed, self.fit_budget))
+                   if d.needs_training else None)
+        return {"params": self.defense_params(name), "weights": weights,
+                "fit_images": self.fit_budget if d.needs_training else None}
+
+    @property
+    def fit_budget(self) -> int:
+        """Training images of a defense's recipe here (``--fit-images`` or the dataset's)."""
+        return int(self.fit_images or self.info.fit_images)
+
     def defense(self, name: str, retrain: bool = False) -> Defense:
-        """Defense ``name`` built for this dataset and fitted (trained or loaded from cache)."""
+        """Defense ``name`` built for this dataset, fitted (trained or loaded from cache) and its
+        output checked once on a few clean test images."""
         if name not in self._defenses or retrain:
-            torch.manual_seed(self.seed)  # initial weights are part of what the cache key names
-            d: Defense = DEFENSES.get(name).build(**self.defense_params(name))
+            d = self._built.pop(name, None) if not retrain else None
+            if d is None:
+                with rng_isolated(self.device):
+                    torch.manual_seed(self.seed)
+                    d = DEFENSES.get(name).build(**self.defense_params(name))
             meta = fit_or_load(d, self.fit_context(), retrain=retrain) if d.needs_training else {}
-            self._defenses[name] = d.to(self.device).eval()
+            d = d.to(self.device).eval()
+            with rng_isolated(self.device):
+                check_output(d, name, self.test[0][:PROBE].to(self.device))
+            self._defenses[name] = d
             self._fit_meta[name] = meta
         return self._defenses[name]
 
@@ -157,52 +261,60 @@ class Session:
         self.defense(name)
         return self._fit_meta[name]
 
-    # -- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-image correctness (bool, N) of ``model`` on ``x`` (N x C x H x W in [0,1])."""
-        model.eval()
-        out = []
-        for idx in batches(len(x), self.batch_size):
-            logits = check_finite(model(x[idx].to(self.device)), "the evaluated model")
-            out.append(logits.argmax(1).cpu() == y[idx])
-        return torch.cat(out)
+    # -- attacks ------------------------------------------------------------------------------
+    def attack(self, name: str, eps: float) -> Attack:
+        """Attack ``name`` at ``eps`` with the session's options, step size and target mode,
+        built once."""
+        if (name, eps) not in self._attacks:
+            entry = ATTACKS.get(name)
+            common = {"alpha": self.alpha, "targeted": self.targeted}
+            opts = scoped(self.attack_opts, name, entry.builder)
+            self._attacks[(name, eps)] = entry.build(eps=eps, seed=self.seed,
+                                                     **{**common, **opts})
+        return self._attacks[(name, eps)]
 
-    @torch.no_grad()
-    def apply(self, defense: Defense, x: torch.Tensor) -> torch.Tensor:
-        """Defense outputs for ``x`` in batches (preprocessors only), on CPU."""
-        out = [check_finite(defense(x[idx].to(self.device)), "the defense").cpu()
-               for idx in batches(len(x), self.batch_size)]
-        return torch.cat(out)
+    def adversarial_key(self, attack: Attack, target_id: str) -> dict[str, Any]:
+        """Everything an adversarial set depends on: the slice, the classifier, the attacked
+        model (``target_id``), the attack with its resolved parameters (targeting included),
+        eps, and what decides its per-batch randomness (the seed and the batch size)."""
+        return {"slice": self.slice_id, "classifier": self.pending_target.key,
+                "target": target_id, "attack": attack.name, "params": attack.describe(),
+                "norm": attack.norm, "eps": attack.eps, "seed": self.seed,
+                "batch_size": self.batch_size}
 
-    def build_attack(self, name: str, eps: float, attack_opts: dict[str, Any] | None = None,
-                     **common: Any) -> Attack:
-        entry = ATTACKS.get(name)
-        opts = accepted(entry.builder, dict(attack_opts or {}), name)
-        return entry.build(eps=eps, seed=self.seed, **{**common, **opts})
-
-    def adversarial(self, attack: Attack, target: nn.Module, target_key: str) -> torch.Tensor:
-        """Adversarial versions of the test slice against ``target`` (memoized; oblivious ones on
-        disk too, since they do not depend on any defense)."""
-        key = {"dataset": self.info.name, "n": len(self.test[1]), "classifier": self.target.key,
-               "target": target_key, "attack": attack.name, "params": attack.describe(),
-               "eps": attack.eps, "seed": self.seed}
+    def adversarial(self, attack: Attack, target: nn.Module, target_id: str) -> torch.Tensor:
+        """Adversarial versions of the test slice against ``target``, validated against the clean
+        slice (memoized; oblivious ones, ``target_id == "classifier"``, on disk too, since they
+        do not depend on any defense; a cached set that fails validation is recomputed)."""
+        key = self.adversarial_key(attack, target_id)
         h = stable_hash(key)
         if h not in self._adv:
-            if target_key == "classifier":
+            x = self.test[0]
+
+            def validate(t: dict[str, torch.Tensor]) -> None:
+                validate_adversarial(x, t["x"], attack.eps,
+                                     f"the adversarial set of {attack.name}")
+
+            def make() -> dict[str, torch.Tensor]:
+                return {"x": self._generate(attack, target)}
+
+            if target_id == "classifier":
                 name = f"{self.info.name}-{self.model_name}-{attack.name}"
-                self._adv[h] = self.cache.memo_tensors(
-                    "adversarial", name, key, lambda: {"x": self._generate(attack, target)})["x"]
+                tensors = self.cache.memo_tensors("adversarial", name, key, make, validate)
             else:
-                self._adv[h] = self._generate(attack, target)
+                tensors = make()
+                validate(tensors)
+            self._adv[h] = tensors["x"]
         return self._adv[h]
 
     def oblivious(self, attack: str, eps: float) -> torch.Tensor:
         """The oblivious adversarial set of ``attack`` at ``eps``: crafted on the undefended
         classifier, shared by every defense."""
-        return self.adversarial(self.build_attack(attack, eps), self.classifier, "classifier")
+        return self.adversarial(self.attack(attack, eps), self.classifier, "classifier")
 
     def _generate(self, attack: Attack, target: nn.Module) -> torch.Tensor:
+        """The attack on the slice, batch by batch; batch ``i`` is seeded ``seed * 100003 + i``,
+        so a set depends on the seed and the batch size, not on what ran before it."""
         x, y = self.test
         out = []
         bar = progress(list(batches(len(x), self.batch_size)),
@@ -210,4 +322,44 @@ class Session:
         for i, idx in enumerate(bar):
             out.append(attack(target, x[idx].to(self.device), y[idx].to(self.device),
                               seed=self.seed * 100003 + i).cpu())
+        return torch.cat(out)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, defense: Defense, x_in: torch.Tensor, seed: int,
+                 denoising_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The defended pipeline on ``x_in`` (the slice's clean or adversarial images, N x C x H x
+        W in [0,1]): per-image correctness (bool, N) and, when asked and the defense is a
+        preprocessor, its per-image denoising loss against the clean images (from the same
+        forward pass).
+
+        Batch ``i`` runs with torch's RNG seeded from ``(seed, i)``, isolated from the caller's,
+        so a randomized defense gives the same result for the same ``seed`` whatever ran before.
+        """
+        x_clean, y = self.test
+        classifier = self.classifier.eval()  # loaded (or trained) outside no_grad
+        defense.eval()
+        correct, losses = [], []
+        with rng_isolated(self.device), torch.no_grad():
+            for i, idx in enumerate(batches(len(x_in), self.batch_size)):
+                torch.manual_seed(derive_seed(seed, i))
+                xb = x_in[idx].to(self.device)
+                if defense.identity:
+                    logits = classifier(xb)
+                elif defense.kind == MODEL:
+                    logits = defense(xb)
+                else:
+                    x_hat = check_finite(defense(xb), "the defense")
+                    logits = classifier(x_hat)
+                    if denoising_loss:
+                        losses.append(defense.denoising_loss(
+                            x_hat, x_clean[idx].to(self.device)).float().cpu())
+                check_finite(logits, "the evaluated model")
+                correct.append(logits.argmax(1).cpu() == y[idx])
+        return torch.cat(correct), (torch.cat(losses) if losses else None)
+
+    @torch.no_grad()
+    def apply(self, defense: Defense, x: torch.Tensor) -> torch.Tensor:
+        """Defense outputs for ``x`` in batches (preprocessors only), on CPU."""
+        out = [check_finite(defense(x[idx].to(self.device)), "the defense").cpu()
+               for idx in batches(len(x), self.batch_size)]
         return torch.cat(out)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.config import check_output_path
 from bench.errors import BenchError, ConfigError
 
 SCHEMA_VERSION = 1
@@ -159,4 +160,4 @@ def open_store(path: str | os.PathLike[str], must_exist: bool = False) -> Store:
     if must_exist and not Path(path).exists():
         raise ConfigError(f"No result store at {path}. Run `python -m bench run ...` first or "
                           f"pass --results PATH.")
-    return Store(path)
+    return Store(check_output_path(path, "--results"))

@@ -7,7 +7,7 @@
 * ``whitebox``: adaptive; the attack differentiates through the whole defended pipeline, with
   BPDA through non-differentiable steps (each defense's ``attack_forward``).
 
-The evaluated model is always the defended pipeline.
+The evaluated model is always the defended pipeline (:meth:`bench.session.Session.evaluate`).
 """
 
 from __future__ import annotations
@@ -53,11 +53,6 @@ class Pipeline(nn.Module):
             return self.defense.attack_forward(x) if self.adaptive else self.defense(x)
         x_hat = self.defense.attack_forward(x) if self.adaptive else self.defense(x)
         return self.classifier(x_hat)
-
-
-def evaluated_model(classifier: nn.Module, defense: Defense) -> nn.Module:
-    """The model whose accuracy is reported: the defended pipeline."""
-    return classifier if defense.identity else Pipeline(classifier, defense)
 
 
 def attacked_model(threat: Threat, classifier: nn.Module,

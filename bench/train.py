@@ -31,6 +31,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return float((predict(model, x, batch_size) == y).float().mean()) if len(y) else float("nan")
 
 
+@torch.enable_grad()  # trained on demand, possibly from inside an evaluation's no_grad
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
                      lr: float, batch_size: int, seed: int, desc: str,
                      weight_decay: float = 0.0, device: torch.device | None = None

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import dataclass, replace
@@ -30,7 +31,7 @@ from bench.analysis.figures import file_stem, save_figure
 from bench.cache import Cache
 from bench.config import RunConfig, format_eps, parse_eps, split_list
 from bench.errors import ConfigError
-from bench.registry import ATTACKS, DEFENSES, natural_key
+from bench.registry import ATTACKS, DEFENSES, accepted_options, natural_key
 from bench.runner import Runner, validate_names
 from bench.runtime import progress
 from bench.store import Store
@@ -92,7 +93,12 @@ def parse_param(text: str, cfg: RunConfig) -> SweepParam:
     if option in RESERVED[scope]:
         fix = "sweep eps with --param eps" if option == "eps" else "sweep another option"
         raise ConfigError(f"--param {text}: the harness sets {option} itself; {fix}.")
-    (DEFENSES if in_defenses else ATTACKS).get(plugin).resolve(**{option: None})  # known option?
+    takes = accepted_options((DEFENSES if in_defenses else ATTACKS).get(plugin).builder)
+    if takes is not None and option not in takes:
+        close = difflib.get_close_matches(option, list(takes), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"--param {text}: '{plugin}' takes no option {option}.{hint} It "
+                          f"accepts: {', '.join(takes)}.")
     return SweepParam(text, scope, plugin, option)
 
 

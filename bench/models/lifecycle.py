@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from bench.cache import Cache, stable_hash
+from bench.cache import Cache, stable_hash, tensors_digest
 from bench.data import BenchDataset
+from bench.errors import CheckpointError, ConfigError
 from bench.models.zoo import Classifier
 from bench.registry import MODELS
 from bench.runtime import rng_isolated
@@ -33,11 +34,42 @@ class LoadedModel:
 
 
 RECIPE_OPTIONS = ("epochs", "lr", "batch_size", "train_images")
+PROBE_IMAGES = 1000  # test images whose correctness verifies cached weights on every load
 
 
 def recipe_options(opts: dict[str, Any]) -> dict[str, Any]:
     """The training-recipe part of model options (what also applies to surrogate models)."""
     return {k: v for k, v in opts.items() if k in RECIPE_OPTIONS}
+
+
+def check_recipe(model: str, recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` with each option checked (a one-line ConfigError naming it otherwise): epochs
+    and batch_size integers >= 1, lr a number > 0, train_images an integer >= 1 or null (all).
+    Zero epochs would cache and evaluate an untrained classifier."""
+    out = dict(recipe)
+    for name in ("epochs", "batch_size", "train_images"):
+        value = out.get(name)
+        if name == "train_images" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+                or value < 1:
+            raise ConfigError(f"--model-opt {name}={value!r} for {model} must be an integer >= "
+                              f"1: pass e.g. --model-opt {name}="
+                              f"{Classifier.recipe.get(name, 1000)}.")
+        out[name] = int(value)
+    lr = out.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ConfigError(f"--model-opt lr={lr!r} for {model} must be a number > 0: pass e.g. "
+                          f"--model-opt lr=0.001.")
+    return out
+
+
+def probe(model: Classifier, dataset: BenchDataset, device: torch.device) -> dict[str, int]:
+    """How many of the first :data:`PROBE_IMAGES` test images ``model`` classifies correctly:
+    recorded when the weights are trained and checked whenever they are loaded again."""
+    x, y = dataset.tensors("test", PROBE_IMAGES)
+    correct = int(round(accuracy(model, x.to(device), y.to(device)) * len(y)))
+    return {"images": len(y), "correct": correct}
 
 
 class PendingClassifier:
@@ -57,12 +89,15 @@ class PendingClassifier:
         self.entry = MODELS.get(name)
         base_recipe = {"train_images": None, **getattr(self.entry.builder, "recipe",
                                                        Classifier.recipe)}
-        self.recipe = {**base_recipe, **{k: v for k, v in opts.items() if k in base_recipe}}
+        self.recipe = check_recipe(name, {**base_recipe, **{k: v for k, v in opts.items()
+                                                            if k in base_recipe}})
         self.arch_opts = {k: v for k, v in opts.items() if k not in base_recipe}
         with rng_isolated(device):  # building draws initial weights: not from the caller's stream
             self._built: Classifier | None = self._build()  # what load() fills; None once loaded
         self.spec = {"model": name, "opts": opts, "dataset": info.name, "shape": info.input_shape,
                      "recipe": self.recipe, "seed": seed, "pretrained": self._built.pretrained}
+        if self._built.pretrained:  # the weights themselves (hub or file) name the classifier
+            self.spec["weights"] = tensors_digest(self._built.state_dict(), {})
         self.key = stable_hash(self.spec)
         self._loaded: LoadedModel | None = None
 
@@ -88,7 +123,9 @@ class PendingClassifier:
             return LoadedModel(self.name, model.to(self.device).eval(), self.key,
                                {"pretrained": True})
         meta = self.cache.load_module(model, "classifiers", f"{info.name}-{self.name}", self.spec)
-        if meta is None:
+        if meta is not None:
+            meta = {**meta, "probe_verified": self._verify(model.to(self.device).eval(), meta)}
+        else:
             log.info("training classifier %s on %s (cached afterwards) ...", self.name, info.name)
             x, y = self.dataset.tensors("train", self.recipe["train_images"])
             torch.manual_seed(self.seed)
@@ -99,10 +136,31 @@ class PendingClassifier:
                                     batch_size=self.recipe["batch_size"])
             xt, yt = self.dataset.tensors("test")
             meta["test_acc"] = accuracy(model, xt.to(self.device), yt.to(self.device))
+            meta["probe"] = probe(model, self.dataset, self.device)
             log.info("%s on %s: test accuracy %.4f", self.name, info.name, meta["test_acc"])
             self.cache.save_module(model, "classifiers", f"{info.name}-{self.name}", self.spec,
                                    meta)
+            meta = {**meta, "probe_verified": meta["probe"]}
         return LoadedModel(self.name, model.to(self.device).eval(), self.key, meta)
+
+
+    def _verify(self, model: Classifier, meta: dict[str, Any]) -> dict[str, int]:
+        """Check that cached weights still classify the probe images as when they were trained,
+        so that the test accuracy their metadata records (copied into result rows) is theirs."""
+        path = self.cache.path("classifiers", f"{self.dataset.info.name}-{self.name}", self.spec)
+        recorded = meta.get("probe")
+        if not isinstance(recorded, dict):
+            raise CheckpointError(f"Cached classifier {path} records no probe accuracy, so its "
+                                  f"test accuracy cannot be verified. Delete it to retrain.")
+        now = probe(model, self.dataset, self.device)
+        slack = max(1, now["images"] // 200)  # a device may flip a borderline image or two
+        if now["images"] != recorded.get("images") or \
+                abs(now["correct"] - int(recorded.get("correct", -10**9))) > slack:
+            raise CheckpointError(
+                f"Cached classifier {path} gets {now['correct']}/{now['images']} of the first test "
+                f"images right but recorded {recorded.get('correct')}/{recorded.get('images')}: "
+                f"the weights or the test data changed. Delete it to retrain.")
+        return now
 
 
 def load_classifier(name: str, dataset: BenchDataset, *, cache: Cache, device: torch.device,

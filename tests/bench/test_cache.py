@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 import bench.cache
-from bench.cache import Cache, _atomic_write, stable_hash
-from bench.errors import CheckpointError
+from bench.cache import FORMAT_VERSION, Cache, _atomic_write, stable_hash, tensors_digest
+from bench.errors import AttackValidationError, CheckpointError
 
 KEY = {"model": "cnn", "dataset": "digits", "recipe": {"epochs": 1, "lr": 1e-3}, "seed": 0}
 
@@ -172,7 +172,92 @@ def test_missing_or_corrupt_sidecar_raises_checkpoint_error(tmp_path: Path, dama
 def test_state_dict_that_does_not_fit_raises_checkpoint_error(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
     path = cache.save_module(_net(), "defenses", "d", KEY)
-    save_file({"0.weight": torch.zeros(8, 1, 3, 3)}, str(path))  # wrong shape, keys missing
+    wrong = {"0.weight": torch.zeros(8, 1, 3, 3)}  # wrong shape, keys missing
+    save_file(wrong, str(path))
+    _reseal(path, wrong)  # as if another version of the code had written it
     with pytest.raises(CheckpointError) as err:
         cache.load_module(_net(), "defenses", "d", KEY)
     assert "do not fit" in _one_line_naming(err, path)
+
+
+def _reseal(path: Path, tensors: dict[str, torch.Tensor], **meta_changes: object) -> None:
+    """Rewrite ``path``'s sidecar so that its digest matches ``tensors`` (and changed metadata):
+    an entry written consistently by other code."""
+    side = path.with_suffix(".json")
+    sidecar = json.loads(side.read_text())
+    sidecar["meta"].update(meta_changes)
+    sidecar["digest"] = tensors_digest(tensors, sidecar["meta"])
+    side.write_text(json.dumps(sidecar))
+
+
+def test_altered_weights_are_refused(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    net = _net()
+    path = cache.save_module(net, "defenses", "d", KEY, meta={"test_acc": 0.5})
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["0.weight"][0, 0, 0, 0] += 1.0  # same shapes: it would load without the digest
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError) as err:
+        cache.load_module(_net(), "defenses", "d", KEY)
+    assert "altered" in _one_line_naming(err, path)
+
+
+def test_altered_metadata_is_refused(tmp_path: Path) -> None:
+    """A recorded number (e.g. a test accuracy a result row copies) edited in the sidecar."""
+    cache = Cache(tmp_path)
+    path = cache.save_module(_net(), "defenses", "d", KEY, meta={"test_acc": 0.5})
+    side = path.with_suffix(".json")
+    sidecar = json.loads(side.read_text())
+    sidecar["meta"]["test_acc"] = 0.99
+    side.write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError) as err:
+        cache.load_module(_net(), "defenses", "d", KEY)
+    assert "altered" in _one_line_naming(err, path)
+
+
+def test_an_entry_of_the_older_format_is_a_miss(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    path = cache.save_module(_net(), "defenses", "d", KEY, meta={"a": 1})
+    side = path.with_suffix(".json")
+    sidecar = json.loads(side.read_text())
+    del sidecar["digest"]
+    side.write_text(json.dumps({**sidecar, "format": FORMAT_VERSION - 1}))
+    assert cache.load_module(_net(), "defenses", "d", KEY) is None
+
+
+def _reject_negative(tensors: dict[str, torch.Tensor]) -> None:
+    if (tensors["x"] < 0).any():
+        raise AttackValidationError("negative values")
+
+
+def test_memo_recomputes_an_altered_entry(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                          ) -> None:
+    cache = Cache(tmp_path)
+    cache.memo_tensors("sets", "m", KEY, lambda: {"x": torch.ones(3)})
+    path = cache.path("sets", "m", KEY)
+    save_file({"x": torch.full((3,), 2.0)}, str(path))  # digest no longer matches
+    again = cache.memo_tensors("sets", "m", KEY, lambda: {"x": torch.ones(3)})
+    assert torch.equal(again["x"], torch.ones(3))
+    assert str(path) in caplog.text and "Recomputing" in caplog.text
+    assert torch.equal(cache.load_tensors("sets", "m", KEY)[0]["x"], torch.ones(3))  # rewritten
+
+
+def test_memo_validates_what_it_reads_back(tmp_path: Path) -> None:
+    """Even a consistently sealed entry is validated before it is used."""
+    cache = Cache(tmp_path)
+    cache.memo_tensors("sets", "m", KEY, lambda: {"x": torch.ones(3)}, _reject_negative)
+    path = cache.path("sets", "m", KEY)
+    bad = {"x": -torch.ones(3)}
+    save_file(bad, str(path))
+    _reseal(path, bad)
+    calls = []
+
+    def make() -> dict[str, torch.Tensor]:
+        calls.append(1)
+        return {"x": torch.ones(3)}
+
+    out = cache.memo_tensors("sets", "m", KEY, make, _reject_negative)
+    assert calls == [1] and torch.equal(out["x"], torch.ones(3))
+    with pytest.raises(AttackValidationError):  # what make() returns is validated too
+        cache.memo_tensors("sets", "other", KEY, lambda: bad, _reject_negative)
+    assert not cache.path("sets", "other", KEY).exists()

@@ -6,6 +6,8 @@ cannot have the published checksums); everything else runs torchvision's real re
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import pickle
 import struct
@@ -18,7 +20,7 @@ import torch
 
 from bench.config import ENV_DATA_ROOT
 from bench.data import SPLITS, BenchDataset, gather, get_dataset
-from bench.errors import ConfigError, DataNotFoundError
+from bench.errors import ConfigError, DataCorruptError, DataNotFoundError
 
 
 def _check_images(x: torch.Tensor, y: torch.Tensor, n: int, shape: tuple[int, ...]) -> None:
@@ -108,6 +110,56 @@ def test_cifar10_from_python_pickles(tmp_path: Path, no_md5: None) -> None:
     assert torch.equal(xt[-3:], torch.from_numpy(last).float() / 255)
 
 
+def test_cifar10_file_with_a_wrong_md5_is_corrupt_and_named(tmp_path: Path) -> None:
+    """No md5 bypass: the batches written here are not the published ones."""
+    write_cifar10(tmp_path)
+    first = tmp_path.resolve() / "cifar-10-batches-py" / "data_batch_1"
+    actual = hashlib.md5(first.read_bytes()).hexdigest()
+    ds = get_dataset("cifar10", root=tmp_path)
+    for call in (lambda: ds.tensors("test"), ds.check):
+        with pytest.raises(DataCorruptError) as err:
+            call()
+        msg = str(err.value)
+        assert f"file {first} is corrupt" in msg and "\n" not in msg
+        assert f"its md5 is {actual}, torchvision expects c99cafc152244af753f735de768cd75f" in msg
+
+
+def test_cifar10_missing_batch_is_missing_not_corrupt(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    ds = get_dataset("cifar10", root=tmp_path)
+    for call in (lambda: ds.tensors("train"), ds.check):  # torchvision needs every batch
+        with pytest.raises(DataNotFoundError, match="CIFAR-10 files test_batch not found under"):
+            call()
+
+
+def test_cifar10_unreadable_pickle_is_corrupt_and_named(tmp_path: Path, no_md5: None) -> None:
+    write_cifar10(tmp_path)
+    path = tmp_path.resolve() / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(DataCorruptError) as err:
+        get_dataset("cifar10", root=tmp_path).tensors("test")
+    assert f"file {path} is corrupt (cannot be unpickled:" in str(err.value)
+    assert "\n" not in str(err.value)
+    xt, _ = get_dataset("cifar10", root=tmp_path).tensors("train")  # the train batches are fine
+    assert len(xt) == 15
+
+
+def test_cifar10_batch_with_fewer_labels_than_images_is_corrupt(tmp_path: Path,
+                                                                no_md5: None) -> None:
+    write_cifar10(tmp_path)
+    path = tmp_path.resolve() / "cifar-10-batches-py" / "data_batch_4"
+    _write_py2_pickle(path, {"labels": [1, 2], "data": np.zeros((3, 3072), dtype=np.uint8)})
+    with pytest.raises(DataCorruptError, match="data_batch_4 is corrupt \\(3 images but 2 labels"):
+        get_dataset("cifar10", root=tmp_path).tensors("train")
+
+
+def test_cifar10_check_with_download_lets_missing_files_through(tmp_path: Path) -> None:
+    get_dataset("cifar10", root=tmp_path, download=True).check()
+    with pytest.raises(DataNotFoundError):
+        get_dataset("cifar10", root=tmp_path).check()
+
+
 # -- SVHN: MATLAB files ------------------------------------------------------------------------
 
 def write_svhn(root: Path, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +184,48 @@ def test_svhn_from_mat_files(tmp_path: Path, no_md5: None) -> None:
     assert y.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2]  # torchvision maps 10 to 0
     x5, y5 = ds.tensors("test", 5)
     assert torch.equal(x5, x[:5]) and torch.equal(y5, y[:5])
+
+
+def test_svhn_file_with_a_wrong_md5_is_corrupt_and_named(tmp_path: Path) -> None:
+    write_svhn(tmp_path, "test", 4)
+    path = tmp_path.resolve() / "test_32x32.mat"
+    actual = hashlib.md5(path.read_bytes()).hexdigest()
+    ds = get_dataset("svhn", root=tmp_path)
+    for call in (lambda: ds.tensors("test"), lambda: ds.check(["test"])):
+        with pytest.raises(DataCorruptError) as err:
+            call()
+        assert f"file {path} is corrupt (its md5 is {actual}, torchvision expects" in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_svhn_unreadable_mat_file_is_corrupt_and_named(tmp_path: Path, no_md5: None,
+                                                       damage: str) -> None:
+    write_svhn(tmp_path, "test", 12)
+    path = tmp_path.resolve() / "test_32x32.mat"
+    path.write_bytes(path.read_bytes()[:2000] if damage == "truncated" else b"not a mat" * 50)
+    with pytest.raises(DataCorruptError) as err:
+        get_dataset("svhn", root=tmp_path).tensors("test")
+    assert f"file {path} is corrupt (unreadable:" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_svhn_mat_file_with_fewer_labels_than_images_is_corrupt(tmp_path: Path,
+                                                                no_md5: None) -> None:
+    from scipy.io import savemat
+
+    savemat(str(tmp_path / "test_32x32.mat"),
+            {"X": np.zeros((32, 32, 3, 5), dtype=np.uint8), "y": np.ones((4, 1), dtype=np.uint8)})
+    with pytest.raises(DataCorruptError, match="X holds 5 images .* and y 4 labels"):
+        get_dataset("svhn", root=tmp_path).tensors("test")
+
+
+def test_svhn_check_needs_the_splits_asked_for(tmp_path: Path, no_md5: None) -> None:
+    write_svhn(tmp_path, "test", 3)
+    ds = get_dataset("svhn", root=tmp_path)
+    ds.check(["test"])
+    with pytest.raises(DataNotFoundError, match="train_32x32.mat"):
+        ds.check()
+    get_dataset("svhn", root=tmp_path, download=True).check()  # it would be downloaded
 
 
 # -- ImageNet: folder layout -------------------------------------------------------------------
@@ -181,6 +275,148 @@ def test_imagenet_default_size_is_299(tmp_path: Path) -> None:
     assert tuple(x.shape) == (1, 3, 299, 299)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_imagenet_image_that_cannot_be_decoded_is_named_when_read(tmp_path: Path,
+                                                                  damage: str) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "imagenet" / "val" / "n01440764"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(folder / "a_good.JPEG", quality=95)
+    good = (folder / "a_good.JPEG").read_bytes()
+    bad = folder / "bad.JPEG"
+    bad.write_bytes(b"\x00garbage" * 20 if damage == "garbage" else good[: len(good) // 2])
+    ds = get_dataset("imagenet", root=tmp_path, image_size=32)
+    ds.check(["test"])  # nothing is decoded up front
+    x, _ = ds.tensors("test", 1)  # the good image, read alone
+    assert x[0].mean(dim=(1, 2))[0] > 0.95
+    with pytest.raises(DataCorruptError) as err:
+        ds.tensors("test")
+    msg = str(err.value)
+    assert f"file {bad.resolve()} is corrupt (cannot be decoded as an image:" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("layout", ["empty", "empty class folder", "no image files"])
+def test_imagenet_split_folder_without_images_is_not_found(tmp_path: Path, layout: str) -> None:
+    val = tmp_path / "imagenet" / "val"
+    val.mkdir(parents=True)
+    if layout != "empty":
+        write_imagenet(tmp_path)
+        (val / "n09999999").mkdir()
+        if layout == "no image files":
+            (val / "n09999999" / "notes.txt").write_text("not an image")
+    ds = get_dataset("imagenet", root=tmp_path)
+    for call in (lambda: ds.tensors("test"), lambda: ds.check(["test"])):
+        with pytest.raises(DataNotFoundError) as err:
+            call()
+        msg = str(err.value)
+        assert f"no images found in {val.resolve()}" in msg and "\n" not in msg
+        assert ("no class folder" if layout == "empty" else "without images: n09999999") in msg
+
+
+def test_imagenet_check_needs_both_folders_unless_told_otherwise(tmp_path: Path) -> None:
+    write_imagenet(tmp_path)  # val only
+    ds = get_dataset("imagenet", root=tmp_path)
+    ds.check(["test"])
+    with pytest.raises(DataNotFoundError, match="imagenet/train"):
+        ds.check()
+    with pytest.raises(DataNotFoundError, match="cannot be downloaded"):
+        get_dataset("imagenet", root=tmp_path, download=True).check()
+
+
+# -- MNIST: IDX files ----------------------------------------------------------------------------
+
+def write_mnist(root: Path, split: str = "test", n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``: big-endian IDX headers
+    (magic 2051 with N, 28, 28 for images; 2049 with N for labels), then the uint8 data."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    prefix = "train" if split == "train" else "t10k"
+    images = np.random.default_rng(2).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) * 3 % 10).astype(np.uint8)
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+        struct.pack(">4i", 2051, n, 28, 28) + images.tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">2i", 2049, n) + labels.tobytes())
+    return images, labels
+
+
+def test_mnist_from_idx_files(tmp_path: Path) -> None:
+    images, labels = write_mnist(tmp_path, "test", 5)
+    write_mnist(tmp_path, "train", 3)
+    ds = get_dataset("mnist", root=tmp_path)
+    ds.check()
+    x, y = ds.tensors("test")
+    _check_images(x, y, 5, (1, 28, 28))
+    assert torch.equal(x, torch.from_numpy(images).unsqueeze(1).float() / 255)
+    assert y.tolist() == labels.tolist() == [0, 3, 6, 9, 2]
+    assert len(ds.tensors("train")[0]) == 3
+
+
+# name -> (file damaged, damage, what the message says); 5 test images of 28x28 = 3936 bytes
+MNIST_DAMAGE = {
+    "truncated": ("images", lambda b: b[:1000], "truncated: 1000 bytes, its header says 3936"),
+    "too long": ("images", lambda b: b + b"\0", "wrong size: 3937 bytes, its header says 3936"),
+    "short header": ("labels", lambda b: b[:6], "truncated: 6 bytes, its IDX header alone is 8"),
+    "bad magic": ("images", lambda b: struct.pack(">i", 0x0802) + b[4:],
+                  "bad magic number 0x00000802, MNIST images files start with 0x00000803"),
+    "labels as images": ("images", lambda b: struct.pack(">2i", 2049, 5) + b[16:],
+                         "bad magic number 0x00000801"),
+    "28x27": ("images", lambda b: b[:12] + struct.pack(">i", 27) + b[16:16 + 5 * 28 * 27],
+              "its header says 5 images of 28x27, MNIST images are 28x28"),
+    "label 200": ("labels", lambda b: b[:10] + b"\xc8" + b[11:],
+                  "label 200 at index 2, MNIST labels are 0..9"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MNIST_DAMAGE))
+def test_mnist_damaged_file_is_corrupt_and_named_not_missing(tmp_path: Path, case: str) -> None:
+    write_mnist(tmp_path, "test", 5)
+    write_mnist(tmp_path, "train", 3)
+    kind, damage, says = MNIST_DAMAGE[case]
+    dims = 1 if kind == "labels" else 3
+    path = tmp_path.resolve() / "MNIST" / "raw" / f"t10k-{kind}-idx{dims}-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    for download in (False, True):  # --download does not replace a file that is present
+        ds = get_dataset("mnist", root=tmp_path, download=download)
+        for call in (functools.partial(ds.tensors, "test"), ds.check):
+            with pytest.raises(DataCorruptError) as err:
+                call()
+            msg = str(err.value)
+            assert msg.startswith(f"mnist: file {path} is corrupt ({says}")
+            assert msg.endswith("Replace it with a good copy (or delete it and pass --download).")
+            assert "\n" not in msg
+    get_dataset("mnist", root=tmp_path).check(["train"])  # the other split is fine
+
+
+def test_mnist_image_and_label_counts_must_match(tmp_path: Path) -> None:
+    write_mnist(tmp_path, "test", 5)
+    write_mnist(tmp_path / "other", "test", 4)
+    raw = tmp_path.resolve() / "MNIST" / "raw"
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(
+        (tmp_path / "other" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes())
+    ds = get_dataset("mnist", root=tmp_path)
+    for call in (lambda: ds.tensors("test"), lambda: ds.check(["test"])):
+        with pytest.raises(DataCorruptError) as err:
+            call()
+        msg = str(err.value)
+        assert f"files {raw / 't10k-images-idx3-ubyte'} and {raw / 't10k-labels-idx1-ubyte'}" in msg
+        assert "(5 images, 4 labels): one of them is corrupt" in msg and "\n" not in msg
+
+
+def test_mnist_check_reports_missing_files_by_name(tmp_path: Path) -> None:
+    write_mnist(tmp_path, "test", 5)
+    ds = get_dataset("mnist", root=tmp_path)
+    ds.check(["test"])
+    with pytest.raises(DataNotFoundError) as err:
+        ds.check()
+    msg = str(err.value)
+    assert "train-images-idx3-ubyte, train-labels-idx1-ubyte not found under" in msg
+    assert str(tmp_path.resolve() / "MNIST" / "raw") in msg and "--download" in msg
+    get_dataset("mnist", root=tmp_path, download=True).check()  # they would be downloaded
+
+
 # -- missing data ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -197,6 +433,32 @@ def test_missing_data_names_the_path_and_both_fixes(tmp_path: Path, name: str,
     assert "--data-root" in msg and ENV_DATA_ROOT in msg and "--download" in msg
     assert "\n" not in msg
     assert isinstance(err.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "svhn", "imagenet"])
+def test_check_finds_missing_data_like_loading_does(tmp_path: Path, name: str) -> None:
+    with pytest.raises(DataNotFoundError) as err:
+        get_dataset(name, root=tmp_path).check()
+    assert str(tmp_path.resolve()) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "svhn", "imagenet"])
+def test_data_root_that_is_a_file_is_a_one_line_config_error(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "data"
+    root.write_text("not a folder")
+    ds = get_dataset(name, root=root, download=True)
+    for call in (lambda: ds.tensors("test"), ds.check):
+        with pytest.raises(ConfigError) as err:
+            call()
+        msg = str(err.value)
+        assert f"the data root {root.resolve()} is a file, not a folder" in msg
+        assert "--data-root" in msg and "\n" not in msg
+
+
+def test_check_of_an_unknown_split_is_a_config_error() -> None:
+    get_dataset("digits").check()  # embedded: nothing to check
+    with pytest.raises(ConfigError, match="'val'"):
+        get_dataset("mnist").check(["val"])
 
 
 def test_missing_imagenet_with_download_says_where_to_put_it(tmp_path: Path) -> None:
@@ -248,6 +510,10 @@ def test_mnist_real_files(mnist_root: Path) -> None:
     assert x.max() == 1.0 and x.min() == 0.0
     x3, y3 = ds.tensors("test", 3)
     assert torch.equal(x3, x[:3]) and y3.tolist() == [7, 2, 1]
+
+
+def test_mnist_real_files_pass_the_check(mnist_root: Path) -> None:
+    get_dataset("mnist", root=mnist_root).check()
 
 
 # -- reading only what is used ---------------------------------------------------------------

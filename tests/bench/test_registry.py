@@ -106,7 +106,8 @@ def test_overrides_are_applied_and_overridable(reg: Registry[Any]) -> None:
 
 
 def test_unknown_option_is_a_config_error_listing_the_accepted_ones(reg: Registry[Any]) -> None:
-    with pytest.raises(ConfigError, match="'pgd10' takes no option stpes; it accepts: steps, eps"):
+    with pytest.raises(ConfigError, match="'pgd10' takes no option stpes. Did you mean 'steps'"
+                                          "\\? It accepts: steps, eps"):
         reg.build("pgd10", stpes=3)
 
 
@@ -305,3 +306,94 @@ def test_plugin_name_clashing_with_a_registered_one_is_an_error(
         with pytest.raises(DuplicatePluginError, match=f"in {__name__} and in my_bench_plugin"):
             fresh.names()
         sys.modules.pop("my_bench_plugin", None)
+
+
+# -- entry points that register nothing, or register in two groups -----------------------------
+
+EMPTY = '''
+"""A third-party plugin whose import registers nothing (e.g. a forgotten decorator)."""
+'''
+
+DUAL = '''
+"""A third-party package registering a defense and an attack from one module."""
+from bench.attack import Attack
+from bench.defense import Defense
+from bench.registry import register_attack, register_defense
+
+
+@register_defense("dual-identity")
+class DualIdentity(Defense):
+    """Identity preprocessor registered beside an attack."""
+
+    def forward(self, x):
+        return x
+
+
+@register_attack("dual-none")
+class DualNone(Attack):
+    """An attack that returns its input, registered beside a defense."""
+
+    def perturb(self, model, x, y):
+        return x.clone()
+'''
+
+
+@pytest.fixture(scope="module")
+def more_plugins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An empty plugin and a two-group plugin, each installed into its own target folder."""
+    pytest.importorskip("setuptools", reason="building the throwaway plugin needs setuptools")
+    root = tmp_path_factory.mktemp("more-plugins")
+    empty = _write_package(root, "my-empty-plugin", "my_empty_plugin", EMPTY, "bench.defenses",
+                           "empty")
+    dual = _write_package(root, "my-dual-plugin", "my_dual_plugin", DUAL, "bench.defenses",
+                          "dual")
+    with (dual / "pyproject.toml").open("a") as f:  # the same module, a second group
+        f.write('\n[project.entry-points."bench.attacks"]\ndual = "my_dual_plugin"\n')
+    sites = {}
+    for name, pkg in (("empty", empty), ("dual", dual)):
+        sites[name] = root / f"site-{name}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+             "--no-index", "--disable-pip-version-check", "--quiet", "--target",
+             str(sites[name]), str(pkg)],
+            capture_output=True, text=True, check=False,
+        )
+        assert proc.returncode == 0, f"pip install failed:\n{proc.stdout}\n{proc.stderr}"
+    return sites
+
+
+@pytest.fixture
+def drop_modules() -> Iterator[None]:
+    """The throwaway plugin modules a test imports are dropped afterwards, pass or fail."""
+    yield
+    for mod in ("my_empty_plugin", "my_dual_plugin"):
+        sys.modules.pop(mod, None)
+    importlib.invalidate_caches()
+
+
+def test_plugin_that_registers_nothing_is_an_error_naming_the_package(
+    more_plugins: dict[str, Path], drop_modules: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(more_plugins["empty"]))
+    fresh: Registry[Any] = Registry("defense", None, "bench.defenses")
+    for _ in range(2):  # raised on every use, never a silently empty registry
+        with pytest.raises(PluginImportError) as err:
+            fresh.names()
+        msg = str(err.value)
+        assert msg.startswith("Third-party defense plugin 'empty' (my_empty_plugin, package "
+                              "my-empty-plugin) loaded but registered no defense")
+        assert "@register_defense" in msg and "shadow" in msg and "\n" not in msg
+
+
+def test_one_module_registering_a_defense_and_an_attack_loads_in_both_groups(
+    more_plugins: dict[str, Path], drop_modules: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(more_plugins["dual"]))
+    defenses: Registry[Any] = Registry("defense", None, "bench.defenses")
+    attacks: Registry[Any] = Registry("attack", None, "bench.attacks")
+    monkeypatch.setattr(bench.registry, "register_defense", defenses.register)
+    monkeypatch.setattr(bench.registry, "register_attack", attacks.register)
+    assert defenses.names() == ["dual-identity"]  # imports the module: both decorators run
+    assert attacks.names() == ["dual-none"]  # the module is already imported: nothing new
+    assert attacks.where("dual-none") == defenses.where("dual-identity") == "my_dual_plugin"
+    assert attacks.build("dual-none", eps=0.1).name == "dual-none"

@@ -52,6 +52,6 @@ def test_bpda_identity_gradient_and_unchanged_forward() -> None:
 
 @pytest.mark.parametrize("bad", [0, 9, -1, 2.5, "four", True])
 def test_bad_bits_is_a_one_line_config_error(bad: object) -> None:
-    with pytest.raises(ConfigError, match=r"bitdepth bits=.*1\.\.8.*bitdepth\.bits=") as info:
+    with pytest.raises(ConfigError, match=r"bitdepth.* bits=.*bitdepth\.bits=") as info:
         DEFENSES.build("bitdepth", bits=bad)
     assert "\n" not in str(info.value)

@@ -81,7 +81,7 @@ def test_empty_batch() -> None:
 
 @pytest.mark.parametrize("bad", [0, 101, -5, 7.5, "high", True])
 def test_bad_quality_is_a_one_line_config_error(bad: object) -> None:
-    with pytest.raises(ConfigError, match=r"jpeg quality=.*1\.\.100.*jpeg\.quality=") as info:
+    with pytest.raises(ConfigError, match=r"jpeg.* quality=.*jpeg\.quality=") as info:
         DEFENSES.build("jpeg", quality=bad)
     assert "\n" not in str(info.value)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -67,6 +70,33 @@ def test_a_corrupt_weight_file_is_a_checkpoint_error() -> None:
     weight_path("vgg16").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="delete the file"):
         feature_extractor("vgg16", [1])
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: a harmless stand-in for code a malicious file runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return builtins.open, (str(self.marker), "w")
+
+
+def test_a_weight_file_holding_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    path = weight_path("vgg16")
+    path.parent.mkdir(parents=True)
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "evil": _Payload(marker)}, path)
+    probe = tmp_path / "probe.pth"
+    shutil.copy(path, probe)
+    torch.load(probe, weights_only=False)["evil"].close()  # what an unprotected loader does
+    assert marker.exists(), "the payload is not live: the test would prove nothing"
+    marker.unlink()
+    with pytest.raises(CheckpointError) as err:
+        feature_extractor("vgg16", [1])  # auto: the cached file is used
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "UnpicklingError" in msg
+    assert not marker.exists(), "the payload ran"
 
 
 def test_frozen_eval_mode_and_gradients_reach_the_input() -> None:

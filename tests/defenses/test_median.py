@@ -57,6 +57,6 @@ def test_bpda_identity_gradient_and_unchanged_forward() -> None:
 
 @pytest.mark.parametrize("bad", [0, -3, 1.5, "big", True])
 def test_bad_kernel_is_a_one_line_config_error(bad: object) -> None:
-    with pytest.raises(ConfigError, match=r"median kernel=.*>= 1.*median\.kernel=") as info:
+    with pytest.raises(ConfigError, match=r"median.* kernel=.*median\.kernel=") as info:
         DEFENSES.build("median", kernel=bad)
     assert "\n" not in str(info.value)

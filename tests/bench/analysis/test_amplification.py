@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
 from bench.analysis.amplification import (
     amplification,
     figure5_curves,
@@ -16,7 +18,6 @@ from bench.analysis.amplification import (
     plot_amplification,
 )
 from bench.analysis.figures import file_stem
-from torch import nn
 
 
 def _cnn() -> nn.Sequential:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import bench.models.lifecycle
-from bench.cache import Cache
+from bench.cache import Cache, tensors_digest
 from bench.data import get_dataset
 from bench.errors import CheckpointError, ConfigError
 from bench.models import Classifier, LoadedModel, load_classifier, timm_hub_problem
@@ -193,7 +193,11 @@ def test_state_dict_that_does_not_fit_raises_checkpoint_error(
 ) -> None:
     cache, path = _copy(trained, tmp_path)
     other = _build("cnn3x3", (1, 28, 28), 10)
-    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    state = {k: v.contiguous() for k, v in other.state_dict().items()}
+    save_file(state, str(path))
+    side = path.with_suffix(".json")  # sealed as if other code had written it consistently
+    sidecar = json.loads(side.read_text())
+    side.write_text(json.dumps({**sidecar, "digest": tensors_digest(state, sidecar["meta"])}))
     msg = _expect_checkpoint_error(cache, path, monkeypatch)
     assert "do not fit digits-cnn (Missing key(s)" in msg and "Delete the file" in msg
 

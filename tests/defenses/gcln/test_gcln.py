@@ -69,7 +69,7 @@ def test_variants_fix_qs_and_the_sweep_option_changes_the_cache_key() -> None:
 
 
 @pytest.mark.parametrize("opts, match", [({"qs": 0}, "numbers > 0"),
-                                         ({"qs": "abc"}, "numbers > 0"),
+                                         ({"qs": "abc"}, "qs=.abc. must be float"),
                                          ({"qs": -5}, "numbers > 0"),
                                          ({"lam": 1.5}, "lam must be in"),
                                          ({"loss_layers": "8,99"}, "loss_layers"),
