@@ -7,9 +7,11 @@ with probability 1/2, independently, and the result is clipped to [0,1]::
 
     x_adv = clip(x + eps * s, 0, 1),   s ~ Uniform({-1, +1})^(C x H x W)
 
-It reads neither the model nor the labels (``gradient_free = True``). The randomness comes from
-torch's global generator, which :class:`bench.attack.Attack` seeds from ``seed`` (or the runner's
-per-batch seed) before every call, so a run is reproducible on a given device.
+It reads neither the model nor the labels (``gradient_free = True``). It declares itself a
+control (``baseline = True``): the attack contract tests do not require it to lower accuracy, as
+they do every real attack. The randomness comes from torch's global generator, which
+:class:`bench.attack.Attack` seeds from ``seed`` (or the runner's per-batch seed) before every
+call, so a run is reproducible on a given device.
 
 A gap between noise and a gradient attack at the same eps shows the model's error comes from
 adversarial directions, not from the perturbation's size. There is no step size and no target
@@ -41,7 +43,7 @@ from bench.registry import register_attack
 
 @register_attack("noise")
 class RandomSignNoise(Attack):
-    """Uniform random-sign noise of magnitude ``eps`` per pixel, clipped to [0,1].
+    """Uniform random-sign noise of magnitude ``eps`` per pixel, clipped to [0,1]; a baseline.
 
     Args:
         eps: L-inf magnitude of the noise.
@@ -53,6 +55,7 @@ class RandomSignNoise(Attack):
     """
 
     gradient_free = True
+    baseline = True
 
     def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
                  seed: int = 0) -> None:

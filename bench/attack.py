@@ -52,6 +52,8 @@ def validate_adversarial(x: torch.Tensor, x_adv: torch.Tensor, eps: float,
     if not torch.isfinite(x_adv).all():
         raise AttackValidationError(f"{what} returned NaN or infinite pixels; nothing was "
                                     f"recorded. Check the model's outputs for NaN.")
+    if not x_adv.numel():
+        return
     lo, hi = float(x_adv.min()), float(x_adv.max())
     if lo < -TOLERANCE or hi > 1 + TOLERANCE:
         raise AttackValidationError(f"{what} left the [0,1] pixel range (min {lo:.6g}, max "
@@ -74,6 +76,9 @@ class Attack(ABC):
 
     norm: ClassVar[str] = "linf"
     gradient_free: ClassVar[bool] = False
+    #: A control that is not expected to lower accuracy (random noise): the attack contract
+    #: tests require every other attack to lower a trained model's accuracy, not this one.
+    baseline: ClassVar[bool] = False
 
     def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
                  seed: int = 0) -> None:

@@ -182,7 +182,8 @@ class Cache:
                     validate(hit[0])
                 return hit[0]
         except BenchError as exc:
-            log.warning("%s: %s Recomputing it.", self.path(kind, name, key), exc)
+            log.warning("recomputing %s, rejected on reading: %s", self.path(kind, name, key),
+                        exc)
         tensors = make()
         if validate is not None:
             validate(tensors)

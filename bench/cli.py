@@ -62,7 +62,7 @@ def _positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive number of images")
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
     return value
 
 
@@ -182,12 +182,28 @@ _FIELDS = {
 def _run_config(args: argparse.Namespace, **defaults: Any) -> RunConfig:
     """The command's RunConfig: what the command line sets, then ``--config``'s file, then
     ``defaults`` (the command's own), then the dataclass defaults."""
-    given = dict(defaults)
+    given = {}
     for dest, (name, convert) in _FIELDS.items():
         value = getattr(args, dest, None)
         if value is not None:
             given[name] = convert(value) if convert else value
-    return RunConfig.resolve(given, getattr(args, "config", None))
+    return RunConfig.resolve(given, getattr(args, "config", None), defaults)
+
+
+def _from_config_file(args: argparse.Namespace, message: str) -> str:
+    """``message`` with the config file named when the option it is about was set there (option
+    values are checked after the file is read, when the plugins are built)."""
+    path = getattr(args, "config", None)
+    if not path or "config file" in message:
+        return message
+    try:
+        raw = RunConfig.read_file(path)
+    except BenchError:
+        return message
+    keys = {k for f in ("defense_opts", "attack_opts", "model_opts")
+            if isinstance(raw.get(f), dict) for k in raw[f]}
+    named = any(k.rpartition(".")[2] + "=" in message or k + "=" in message for k in keys)
+    return f"{message} (set in config file {path})" if named else message
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -314,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output_path(cache_dir(), f"The cache folder (${ENV_CACHE_DIR})", folder=True)
         return int(args.func(args))
     except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_from_config_file(args, str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished cells are stored; rerun the same command to resume",

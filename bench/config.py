@@ -288,13 +288,14 @@ class RunConfig:
         return raw
 
     @classmethod
-    def resolve(cls, given: dict[str, Any], path: str | os.PathLike[str] | None = None
-                ) -> RunConfig:
+    def resolve(cls, given: dict[str, Any], path: str | os.PathLike[str] | None = None,
+                defaults: dict[str, Any] | None = None) -> RunConfig:
         """The configuration from ``given`` (only the fields set on the command line), then the
-        config file at ``path``, then the dataclass defaults (variant defaults apply later, when
-        plugins are built). Option dicts merge key by key, the command line winning."""
+        config file at ``path``, then ``defaults`` (a command's own), then the dataclass
+        defaults (variant defaults apply later, when plugins are built). Option dicts merge key
+        by key, the command line winning."""
         file_values = cls.read_file(path) if path else {}
-        merged = {**file_values, **given}
+        merged = {**(defaults or {}), **file_values, **given}
         for name in ("defense_opts", "attack_opts", "model_opts"):
             if isinstance(file_values.get(name), dict) and name in given:
                 merged[name] = {**file_values[name], **given[name]}

@@ -79,7 +79,8 @@ def check_scopes(opts: dict[str, Any], kind: str, grid: Sequence[str], flag: str
             if scope in allowed:
                 continue
             if scope in registry:
-                raise ConfigError(f"{flag} {key}: '{scope}' is not a {kind} of this run "
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise ConfigError(f"{flag} {key}: '{scope}' is not {article} {kind} of this run "
                                   f"({', '.join(allowed) or 'none'}); add it or drop the "
                                   f"option.")
             raise ConfigError(f"{flag} {key}: there is no {kind} '{scope}'."

@@ -82,6 +82,9 @@ class Entry(Generic[T]):
 # Options that count something (epochs, steps, images, queries, restarts, EOT draws): zero or a
 # negative number would make a meaningless artifact (an untrained model, an attack that does
 # nothing), so every plugin's options with these names must be integers >= 1 when given.
+# Constructor arguments every plugin of a kind receives from the harness (the defense contract's
+# input shape and classes, the attack contract's eps and seed): never an option.
+HARNESS_SET = frozenset({"input_shape", "num_classes", "eps", "seed"})
 COUNT_OPTIONS = frozenset({"epochs", "steps", "batch_size", "train_images", "fit_images",
                            "n_queries", "n_restarts", "restarts", "eot", "attack_steps"})
 _PRIMITIVES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -178,8 +181,9 @@ def _resolve(name: str, builder: Callable[..., Any], params: dict[str, Any]) -> 
         if unknown:
             close = [c for u in unknown for c in difflib.get_close_matches(u, accepted, n=1)]
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            options = [a for a in accepted if a not in HARNESS_SET]
             raise ConfigError(f"'{name}' takes no option {', '.join(unknown)}.{hint} It "
-                              f"accepts: {', '.join(accepted) or 'none'}.")
+                              f"accepts: {', '.join(options) or 'none'}.")
     checked = {k: check_option(name, accepted[k], v) if k in accepted else v
                for k, v in params.items()}
     filled = {p.name: p.default for p in accepted.values() if p.default is not p.empty}
@@ -362,6 +366,12 @@ def _bind_prefix(builder: Callable[..., T], arg: str) -> Callable[..., T]:
 
     bound.kind = getattr(builder, "kind", "-")  # type: ignore[attr-defined]
     bound.__doc__ = builder.__doc__
+    try:  # the builder's options, less the bound name: checked like any plugin's
+        sig = inspect.signature(builder)
+        bound.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=list(sig.parameters.values())[1:])
+    except (TypeError, ValueError):
+        pass
     return bound
 
 

@@ -6,6 +6,13 @@ are ordered per (dataset, model) with the baseline defense first, then the defen
 first appearance; attack columns by attack name (natural order: ``fgsm``, ``ifgsm4``, ``pgd10``,
 ``pgd100``), then threat model (in :class:`bench.threat.Threat` order), then eps.
 
+Nothing stored is hidden (:func:`identify`): a wide column is identified by everything that
+distinguishes its cells (attack, threat, norm, eps and any resolved attack parameter that differs,
+targeting included), a row by dataset, model and defense plus any other setting of the cell's
+configuration that differs (defense or classifier options, n, seed, batch size, ...). The
+settings that differ are written beside the name, e.g. ``jpeg (quality=50)`` or
+``fgsm/oblivious@0.1 (targeted=least-likely)``; two cells never share a table cell.
+
 Example::
 
     df = open_store(results_path(), must_exist=True).frame()
@@ -44,7 +51,6 @@ _THREAT_NOTES = {
     Threat.WHITEBOX.value: "adaptive, through the whole defended pipeline",
 }
 _BPDA_MARK = "†"
-_VARIES_MARK = "*"
 
 
 def _require(df: pd.DataFrame | None) -> pd.DataFrame:
@@ -91,25 +97,114 @@ def column_label(attack: str, threat: str, eps: float, norm: str | None = None) 
     return f"{label} ({norm})" if norm else label
 
 
-def _latest_cells(ordered: pd.DataFrame) -> pd.DataFrame:
-    """One cell per column: among repeats, the largest n, then the newest."""
-    ranked = ordered.sort_values(["n", "_pos"], kind="stable")
-    kept = ranked.drop_duplicates(CELL_KEYS, keep="last")
-    if len(kept) < len(ordered):
-        log.info("%d repeated cell(s) hidden from the wide table (kept the largest n, then the "
-                 "newest); the long table lists every cell", len(ordered) - len(kept))
-    return kept.sort_index()
+# Settings named in the base labels, or with a column of their own in the wide table.
+_COLUMN_BASE = ("attack", "threat", "norm", "eps")
+_ROW_BASE = ("dataset", "model", "defense")
+_VISIBLE = {*_COLUMN_BASE, *_ROW_BASE, "n"}
+_SAME_AS = {"attack_params.seed": "seed"}  # an attack's seed is the run's seed (a row setting)
+_HASHES = ("slice", "classifier", "defense_weights")  # named only when nothing readable differs
+_MODEL_SIDE = ("model_opts.", "classifier")  # beside the model; the rest beside the defense
 
 
-def _labels(cells: pd.DataFrame) -> pd.Series:
+def _flat(obj: Any, prefix: str = "") -> dict[str, str]:
+    """A nested config as ``{"a.b": canonical JSON of the value}``."""
+    if isinstance(obj, dict) and obj:
+        out: dict[str, str] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(obj, sort_keys=True, default=str)}
+
+
+def _settings(row: Any) -> dict[str, str]:
+    """Every setting of a cell: its stored configuration, completed from the row's columns (rows
+    written by older versions hold less configuration)."""
+    flat = _flat(row.config if isinstance(row.config, dict) else {})
+    for key in ("dataset", "split", "n", "model", "defense", "attack", "threat", "norm", "seed"):
+        flat.setdefault(key, json.dumps(_native(getattr(row, key)), default=str))
+    flat["eps"] = json.dumps(float(row.eps))
+    for group in ("attack_params", "defense_params"):
+        for k, v in _flat(getattr(row, group) or {}, f"{group}.").items():
+            flat.setdefault(k, v)
+    return {k: v for k, v in flat.items() if k not in _SAME_AS and k != "attack_params"
+            and k != "defense_params"}
+
+
+def _is_column_setting(key: str) -> bool:
+    return key in _COLUMN_BASE or key.startswith("attack_params.")
+
+
+def _show(key: str, value: str) -> str:
+    name = key.split(".", 1)[1] if key.startswith(("attack_params.", "defense_params.")) else key
+    name = "model." + key.split(".", 1)[1] if key.startswith("model_opts.") else name
+    shown = json.loads(value)
+    if key in _HASHES or key == "config_hash":
+        shown = str(shown)[-8:] if key == "slice" else str(shown)[:8]
+    elif isinstance(shown, str) or shown is None:
+        shown = "none" if shown is None else shown
+    else:
+        shown = json.dumps(shown, separators=(",", ":"))
+    return f"{name}={shown}"
+
+
+def _varying(settings: list[dict[str, str]], groups: list[Any], keep: Any) -> dict[Any, list[str]]:
+    """Per group, the settings (``keep(key)`` true) whose values differ among its cells."""
+    out: dict[Any, list[str]] = {}
+    for g in dict.fromkeys(groups):
+        members = [st for st, gg in zip(settings, groups, strict=True) if gg == g]
+        keys = sorted({k for st in members for k in st if keep(k)})
+        out[g] = [k for k in keys if len({st.get(k) for st in members}) > 1]
+    return out
+
+
+def identify(cells: pd.DataFrame) -> pd.DataFrame:
+    """``cells`` with the labels that identify each one in the wide table.
+
+    Adds ``_model`` and ``_defense`` (the row's model and defense, with the settings that
+    distinguish the row from others of the same dataset, model and defense), ``_row`` (the row's
+    key) and ``_label`` (the column: ``attack/threat@eps`` plus the attack settings that
+    distinguish it from other columns of that name). Readable settings are used first; weight
+    and data digests, then the config hash, only where cells would otherwise still collide.
+    """
+    settings = [_settings(r) for r in cells.itertuples(index=False)]
     show_norm = cells["norm"].nunique() > 1
-    rows = cells[["attack", "threat", "eps", "norm"]].itertuples(index=False, name=None)
-    return pd.Series([column_label(a, t, e, n if show_norm else None) for a, t, e, n in rows],
-                     index=cells.index)
+    bases = [column_label(r.attack, r.threat, r.eps, r.norm if show_norm else None)
+             for r in cells.itertuples(index=False)]
+    col_keys = _varying(settings, bases, lambda k: _is_column_setting(k) and k not in _VISIBLE)
+    labels = [base + (" (" + ", ".join(_show(k, st.get(k, "null")) for k in col_keys[base])
+                      + ")" if col_keys[base] else "")
+              for base, st in zip(bases, settings, strict=True)]
+    row_bases = list(cells[list(_ROW_BASE)].itertuples(index=False, name=None))
+    for with_hashes in (False, True):
+        row_keys = _varying(settings, row_bases, lambda k, h=with_hashes: (
+            not _is_column_setting(k) and k not in _ROW_BASE and (h or k not in _HASHES)))
+        rows = [base + tuple(st.get(k, "null") for k in row_keys[base])
+                for base, st in zip(row_bases, settings, strict=True)]
+        if len(set(zip(rows, labels, strict=True))) == len(cells):
+            break
+    else:  # still colliding (cells of an older schema): the config hash tells them apart
+        for st, h in zip(settings, cells["config_hash"], strict=True):
+            st["config_hash"] = json.dumps(h)
+        row_keys = {b: [*ks, "config_hash"] for b, ks in row_keys.items()}
+        rows = [base + tuple(st.get(k, "null") for k in row_keys[base])
+                for base, st in zip(row_bases, settings, strict=True)]
+
+    def side(base: tuple[str, ...], st: dict[str, str], model: bool) -> str:
+        keys = [k for k in row_keys[base] if k not in _VISIBLE
+                and k.startswith(_MODEL_SIDE) == model]
+        name = base[1] if model else base[2]
+        return name + (" (" + ", ".join(_show(k, st.get(k, "null")) for k in keys) + ")"
+                       if keys else "")
+
+    return cells.assign(
+        _label=labels, _column_base=bases, _row=[json.dumps(r) for r in rows],
+        _model=[side(b, st, True) for b, st in zip(row_bases, settings, strict=True)],
+        _defense=[side(b, st, False) for b, st in zip(row_bases, settings, strict=True)])
 
 
 def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """The wide leaderboard: one row per (dataset, model, defense), robust accuracy per column.
+    """The wide leaderboard: one row per (dataset, model, defense) and distinguishing settings,
+    robust accuracy per column.
 
     Args:
         df: cells as returned by ``Store.frame()``.
@@ -118,36 +213,32 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
 
     Returns:
         Columns ``dataset, model, defense, kind, clean_acc, n`` then one column per
-        (attack, threat, eps) labelled ``attack/threat@eps``, accuracies in [0, 1], NaN where
-        a cell was not run. ``n`` is the smallest n of the row's cells; ``clean_acc`` is the mean
-        over the row's cells of the largest n. Where a row's cells differ in n, its
-        ``(min, max)`` is in ``attrs["n_range"]`` keyed by ``"dataset/model/defense"``;
-        ``attrs["bpda"]`` lists ``[defense key, column]`` pairs whose attack used BPDA.
-        Repeated cells (same column) show the one with the largest n, then the newest.
+        distinguishable (attack, threat, eps, settings) labelled as :func:`identify` does,
+        accuracies in [0, 1], NaN where a cell was not run. ``model`` and ``defense`` carry the
+        settings that distinguish rows of the same names. Every stored cell has its own table
+        cell. ``attrs["bpda"]`` lists ``[row key, column]`` pairs whose attack used BPDA, the row
+        key being ``dataset/model/defense`` as shown.
 
     Raises:
         ConfigError: ``df`` is empty.
     """
-    cells = _latest_cells(_ordered(_require(df), baseline))
-    cells = cells.assign(_label=_labels(cells))
+    cells = identify(_ordered(_require(df), baseline))
     columns = list(dict.fromkeys(cells.sort_values(["_a", "_t", "norm", "eps"],
                                                    kind="stable")["_label"]))
-    rows, n_range, bpda = [], {}, []
-    for (ds, model, defense), g in cells.groupby(ROW_KEYS, sort=False):
-        key = f"{ds}/{model}/{defense}"
-        widest = g[g["n"] == g["n"].max()]
-        row = {"dataset": ds, "model": model, "defense": defense,
-               "kind": g["defense_kind"].iloc[0], "clean_acc": float(widest["clean_acc"].mean()),
-               "n": int(g["n"].min())}
+    rows, bpda = [], []
+    for _, g in cells.groupby("_row", sort=False):
+        first = g.iloc[0]
+        key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
+        row = {"dataset": first["dataset"], "model": first["_model"],
+               "defense": first["_defense"], "kind": first["defense_kind"],
+               "clean_acc": float(g["clean_acc"].mean()), "n": int(first["n"])}
         row.update({c: float("nan") for c in columns})
         row.update(dict(zip(g["_label"], g["robust_acc"].astype(float), strict=True)))
         rows.append(row)
-        if g["n"].nunique() > 1:
-            n_range[key] = (int(g["n"].min()), int(g["n"].max()))
         bpda += [[key, label] for label in g.loc[g["bpda"].astype(bool), "_label"]]
     wide = pd.DataFrame(rows, columns=["dataset", "model", "defense", "kind", "clean_acc", "n",
                                        *columns])
-    wide.attrs.update(attack_columns=columns, n_range=n_range, bpda=bpda)
+    wide.attrs.update(attack_columns=columns, bpda=bpda)
     return wide
 
 
@@ -160,13 +251,17 @@ def long_table(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
 
     Returns:
         Columns :data:`LONG_COLUMNS` (accuracies in [0, 1]; ``attack_params`` and
-        ``defense_params`` as JSON strings; per-sample arrays left out).
+        ``defense_params`` as JSON strings; per-sample arrays left out), then ``row`` and
+        ``column``: where the cell is in the wide table (``dataset/model/defense`` as shown
+        there, and the column label).
 
     Raises:
         ConfigError: ``df`` is empty.
     """
-    out = _ordered(_require(df), baseline)
-    out = out[[c for c in LONG_COLUMNS if c in out.columns]].copy()
+    cells = identify(_ordered(_require(df), baseline))
+    out = cells[[c for c in LONG_COLUMNS if c in cells.columns]].copy()
+    out["row"] = cells["dataset"] + "/" + cells["_model"] + "/" + cells["_defense"]
+    out["column"] = cells["_label"]
     for col in ("attack_params", "defense_params"):
         if col in out:
             out[col] = out[col].map(lambda v: json.dumps(v, sort_keys=True, default=str))
@@ -176,30 +271,32 @@ def long_table(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
 def worst_case(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """All-or-nothing accuracy: an image counts only if it is correct under every attack.
 
-    Cells are combined per (dataset, split, model, defense, threat, norm, eps) and only when they
-    cover the same test slice (the first ``n`` images of the split, so equal ``n``); groups with
-    different n give separate rows.
+    Cells are combined per wide-table row (:func:`identify`: dataset, model, defense and every
+    setting that distinguishes the row, n included, so only cells over the same images) and per
+    (threat, norm, eps).
 
     Args:
         df: cells as returned by ``Store.frame()`` (needs the ``robust_correct`` 0/1 arrays).
         baseline: as in :func:`leaderboard`.
 
     Returns:
-        Columns ``dataset, model, defense, threat, eps, n, attacks`` (comma list),
+        Columns ``dataset, model, defense`` (as labelled in the wide table), ``threat, eps, n,
+        attacks`` (comma list),
         ``worst_case_acc`` (in [0, 1]) and ``min_single_acc`` (the strongest single attack's
         accuracy, for comparison: worst_case_acc <= min_single_acc).
 
     Raises:
         ConfigError: ``df`` is empty.
     """
-    cells = _ordered(_require(df), baseline)
-    keys = ["dataset", "split", "model", "defense", "threat", "norm", "eps", "n"]
+    cells = identify(_ordered(_require(df), baseline))
     rows = []
-    for key, g in cells.groupby(keys, sort=False):
+    for _, g in cells.groupby(["_row", "threat", "norm", "eps"], sort=False):
         correct = np.stack([np.asarray(c, dtype=bool) for c in g["robust_correct"]])
-        rec = dict(zip(keys, key, strict=True))
-        rows.append({**{k: rec[k] for k in ("dataset", "model", "defense", "threat", "eps")},
-                     "n": int(rec["n"]), "attacks": ",".join(dict.fromkeys(g["attack"])),
+        first = g.iloc[0]
+        rows.append({"dataset": first["dataset"], "model": first["_model"],
+                     "defense": first["_defense"], "threat": first["threat"],
+                     "eps": first["eps"], "n": int(first["n"]),
+                     "attacks": ",".join(dict.fromkeys(g["_label"].str.split("/").str[0])),
                      "worst_case_acc": float(correct.all(axis=0).mean()),
                      "min_single_acc": float(g["robust_acc"].min())})
     return pd.DataFrame(rows)
@@ -211,13 +308,12 @@ def _pct(value: Any) -> str:
 
 
 def _display(wide: pd.DataFrame) -> pd.DataFrame:
-    """The wide table as strings: percentages, n ranges marked ``*``, BPDA cells marked ``†``."""
+    """The wide table as strings: percentages, BPDA cells marked ``†``."""
     out = wide.astype(object).copy()
     bpda = {tuple(p) for p in wide.attrs.get("bpda", [])}
     for i, row in wide.iterrows():
         key = f"{row['dataset']}/{row['model']}/{row['defense']}"
-        lo_hi = wide.attrs.get("n_range", {}).get(key)
-        out.at[i, "n"] = f"{lo_hi[0]}–{lo_hi[1]}{_VARIES_MARK}" if lo_hi else str(row["n"])
+        out.at[i, "n"] = str(row["n"])
         out.at[i, "clean_acc"] = _pct(row["clean_acc"])
         for col in wide.attrs.get("attack_columns", []):
             mark = _BPDA_MARK if (key, col) in bpda else ""
@@ -237,9 +333,11 @@ def caption(df: pd.DataFrame) -> str:
     revs = ", ".join(sorted(set(df["git_rev"].astype(str))))
     date = str(df["created_at"].max())[:10]
     marks = ([f"{_BPDA_MARK} gradients through BPDA."] if df["bpda"].astype(bool).any() else [])
-    if (df.groupby(ROW_KEYS)["n"].nunique() > 1).any():
-        marks.append(f"{_VARIES_MARK} n differs across the row's cells (n shows the range; "
-                     f"the CSV has each cell's n).")
+    cells = identify(df)
+    if ((cells["_label"] != cells["_column_base"]) | (cells["_model"] != cells["model"])
+            | (cells["_defense"] != cells["defense"])).any():
+        marks.append("Settings in parentheses distinguish rows or columns that share a name "
+                     "(the CSV has every cell's full configuration).")
     attacks = ", ".join(sorted(set(df["attack"]), key=natural_key))
     return " ".join([
         f"Accuracy (%) of each defended classifier on n test images per cell "

@@ -100,17 +100,21 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._connect() as con:
-                con.executescript(_DDL)
-                con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                            (str(SCHEMA_VERSION),))
-        except sqlite3.DatabaseError as exc:
-            raise BenchError(f"Result store {self.path} is not a readable SQLite file ({exc}). "
-                             f"Pass another --results path or move the file away.") from exc
+        self._ready = False  # the file is created at first use: a run refused up front leaves none
 
     def _connect(self) -> sqlite3.Connection:
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with sqlite3.connect(self.path, timeout=60) as con:
+                    con.executescript(_DDL)
+                    con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                                (str(SCHEMA_VERSION),))
+            except sqlite3.DatabaseError as exc:
+                raise BenchError(f"Result store {self.path} is not a readable SQLite file "
+                                 f"({exc}). Pass another --results path or move the file "
+                                 f"away.") from exc
+            self._ready = True
         con = sqlite3.connect(self.path, timeout=60)
         con.execute("PRAGMA journal_mode=WAL")
         return con

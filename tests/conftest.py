@@ -35,9 +35,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def mnist_root() -> Path:
+    """The real MNIST files. Missing, they skip the test on a developer's machine but fail it
+    under CI (``$CI`` set), which must have them: a skipped end-to-end test proves nothing."""
     root = shared_data_root()
     if not (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
-        pytest.skip(f"MNIST files not found under {root}")
+        message = f"MNIST files not found under {root} (set BENCH_DATA_ROOT)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}: CI must have them")
+        pytest.skip(message)
     return root
 
 

@@ -246,6 +246,8 @@ def _create_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int) -
         ) from exc
 
 
+@MODELS.register_prefix("timm", description="Any timm architecture, pretrained when weights "
+                        "can be had (e.g. timm:inception_v3).")
 class TimmClassifier(Classifier):
     """A timm model with its own normalization inside; ``forward_features`` is timm's.
 
@@ -297,12 +299,6 @@ class TimmClassifier(Classifier):
         return self.net.forward_head(feats)
 
 
-@MODELS.register_prefix("timm")
-def timm_model(arch: str, **kwargs: Any) -> TimmClassifier:
-    """Any timm architecture, pretrained when weights can be had (e.g. timm:inception_v3)."""
-    return TimmClassifier(arch, **kwargs)
-
-
 def import_robustbench() -> Any:
     """Import robustbench 1.1.1 as the package index ships it.
 
@@ -332,6 +328,8 @@ def import_robustbench() -> Any:
                           f"'advdefense-bench[robustbench]'.") from exc
 
 
+@MODELS.register_prefix("robustbench", description="A RobustBench model-zoo entry, e.g. "
+                        "robustbench:Standard (extra: [robustbench]).")
 class RobustBenchClassifier(Classifier):
     """A RobustBench model-zoo classifier ([0,1] inputs, normalization inside, as in the zoo).
 
@@ -371,9 +369,3 @@ class RobustBenchClassifier(Classifier):
             return self.net.forward_features(x)
         raise ConfigError("This RobustBench model exposes no feature maps; feature-guided "
                           "defenses need a timm or bench model.")
-
-
-@MODELS.register_prefix("robustbench")
-def robustbench_model(name: str, **kwargs: Any) -> RobustBenchClassifier:
-    """A RobustBench model-zoo entry, e.g. robustbench:Standard (extra: [robustbench])."""
-    return RobustBenchClassifier(name, **kwargs)

@@ -54,20 +54,20 @@ def check_recipe(model: str, recipe: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
                 or value < 1:
             raise ConfigError(f"--model-opt {name}={value!r} for {model} must be an integer >= "
-                              f"1: pass e.g. --model-opt {name}="
+                              f"1: pass e.g. --model-opt {model}.{name}="
                               f"{Classifier.recipe.get(name, 1000)}.")
         out[name] = int(value)
     lr = out.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ConfigError(f"--model-opt lr={lr!r} for {model} must be a number > 0: pass e.g. "
-                          f"--model-opt lr=0.001.")
+                          f"--model-opt {model}.lr=0.001.")
     return out
 
 
 def probe(model: Classifier, dataset: BenchDataset, device: torch.device) -> dict[str, int]:
     """How many of the first :data:`PROBE_IMAGES` test images ``model`` classifies correctly:
     recorded when the weights are trained and checked whenever they are loaded again."""
-    x, y = dataset.tensors("test", PROBE_IMAGES)
+    x, y = dataset.tensors("test", min(PROBE_IMAGES, len(dataset.split("test"))))
     correct = int(round(accuracy(model, x.to(device), y.to(device)) * len(y)))
     return {"images": len(y), "correct": correct}
 

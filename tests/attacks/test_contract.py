@@ -1,7 +1,9 @@
 """The attack contract, checked for every registered attack (a new one is covered by registering).
 
 Steps and query budgets are shrunk for speed generically: a small value is passed for each of
-``SMALL``'s options that the attack's constructor accepts; no attack is named here.
+``SMALL``'s options that the attack's constructor accepts; no attack is named here. Every attack
+that does not declare itself a ``baseline`` must also really attack: lower a trained model's
+accuracy well below its clean accuracy (so ``return x`` does not pass this module).
 """
 
 from __future__ import annotations
@@ -13,20 +15,31 @@ import pytest
 import torch
 from torch import nn
 
-from bench.attack import Attack
+from bench.attack import TARGET_MODES, Attack
 from bench.errors import ConfigError
 from bench.registry import ATTACKS
+from tests.attacks.helpers import accuracy
 
 SMALL = {"steps": 2, "n_queries": 20, "n_restarts": 1}
+# The strength test's budgets: SMALL's are too small to attack at all for some attacks (PGD's
+# default step is eps/10, so 2 steps move at most 0.2*eps from its random start; Square's 20
+# queries flip few labels). These still run every attack in well under a second here.
+STRONG = {"steps": 10, "n_queries": 300, "n_restarts": 1}
 EPS = 0.1
+# At EPS the strength test is generous yet meaningful on :func:`train_logistic`'s images: twice
+# the 0.05 at which a gradient attack already flips most labels, while random-sign noise of the
+# same size flips none of them (the classes' prototypes are 0.2 apart at most per pixel, the
+# within-class spread is 0.02). A drop of MARGIN can come only from reading the model.
+MARGIN = 0.5
 NAMES = ATTACKS.names()
 GRADIENT_FREE = [n for n in NAMES if getattr(ATTACKS.get(n).builder, "gradient_free", False)]
+REAL = [n for n in NAMES if not getattr(ATTACKS.get(n).builder, "baseline", False)]
 
 
-def small(name: str) -> dict[str, Any]:
-    """The entries of ``SMALL`` that the attack's constructor takes."""
+def small(name: str, budget: dict[str, Any] = SMALL) -> dict[str, Any]:
+    """The entries of ``budget`` (default ``SMALL``) that the attack's constructor takes."""
     params = inspect.signature(ATTACKS.get(name).builder).parameters
-    return {k: v for k, v in SMALL.items() if k in params}
+    return {k: v for k, v in budget.items() if k in params}
 
 
 def build(name: str, **kwargs: Any) -> Attack:
@@ -94,6 +107,36 @@ def test_targeted_random(name: str, tiny_net: nn.Module,
     x_adv = attack(tiny_net, x, y)
     assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= EPS + 1e-6
     assert torch.equal(attack(tiny_net, x, y), x_adv)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_lowers_a_trained_models_accuracy(
+        name: str, trained: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    """At a generous eps every real attack, in every target mode it accepts, takes a 100%-accurate
+    model at least MARGIN below its clean accuracy (an attack returning ``x`` stays at 100%)."""
+    model, x, y = trained
+    clean = accuracy(model, x, y)
+    weak = []
+    for mode in TARGET_MODES:
+        try:
+            attack = ATTACKS.build(name, eps=EPS, targeted=mode, **small(name, STRONG))
+        except ConfigError:
+            assert mode is not None, "the untargeted mode must always be accepted"
+            continue
+        robust = accuracy(model, attack(model, x, y), y)
+        if robust > clean - MARGIN:
+            weak.append(f"targeted={mode}: accuracy {robust:.2f} (clean {clean:.2f})")
+    assert not weak, f"{name} at eps={EPS} does not attack: " + "; ".join(weak)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declares_whether_it_is_a_baseline(name: str) -> None:
+    """``baseline`` (exempt from the strength test) is a bool, and only a control that reads no
+    gradient (random noise) may claim it: no gradient attack escapes the strength test."""
+    builder = ATTACKS.get(name).builder
+    assert isinstance(builder.baseline, bool) and isinstance(builder.gradient_free, bool)
+    if builder.baseline:
+        assert builder.gradient_free, f"{name} is a baseline but reads gradients"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -238,7 +238,7 @@ def test_memo_recomputes_an_altered_entry(tmp_path: Path, caplog: pytest.LogCapt
     save_file({"x": torch.full((3,), 2.0)}, str(path))  # digest no longer matches
     again = cache.memo_tensors("sets", "m", KEY, lambda: {"x": torch.ones(3)})
     assert torch.equal(again["x"], torch.ones(3))
-    assert str(path) in caplog.text and "Recomputing" in caplog.text
+    assert str(path) in caplog.text and "recomputing" in caplog.text
     assert torch.equal(cache.load_tensors("sets", "m", KEY)[0]["x"], torch.ones(3))  # rewritten
 
 

@@ -222,3 +222,28 @@ def test_the_nightly_workflows_commands_parse_and_name_registered_plugins() -> N
                 registry.get(name)  # raises with suggestions when unknown
         for eps in filter(None, str(getattr(args, "eps", None) or "").split(",")):
             parse_eps(eps)
+
+
+def test_config_file_through_the_cli_stores_exactly_its_cells(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--config's precedence through the real parser: the file's fields are used (argparse
+    defaults do not overwrite them), a field given on the command line wins, the rest are the
+    dataclass defaults."""
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"defenses": ["none", "bitdepth"], "attacks": ["fgsm"],
+                               "eps": ["8/255"], "threats": ["oblivious"], "seed": 3, "n": 20,
+                               "model_opts": {"epochs": 1}}))
+    db = tmp_path / "r.sqlite"
+    code, out, err = run_cli(capsys, "run", "--config", str(cfg), "--results", str(db))
+    assert code == 0, err
+    rows = sqlite3.connect(db).execute(
+        "SELECT defense, attack, threat, eps, seed, n, config FROM results").fetchall()
+    assert sorted(r[:6] for r in rows) == [("bitdepth", "fgsm", "oblivious", 8 / 255, 3, 20),
+                                           ("none", "fgsm", "oblivious", 8 / 255, 3, 20)]
+    assert all(json.loads(r[6])["batch_size"] == 250 for r in rows)  # the dataclass default
+    db2 = tmp_path / "r2.sqlite"
+    code, _, err = run_cli(capsys, "run", "--config", str(cfg), "--n", "10", "--defense",
+                           "none", "--results", str(db2))
+    assert code == 0, err
+    rows = sqlite3.connect(db2).execute("SELECT defense, n, seed, eps FROM results").fetchall()
+    assert rows == [("none", 10, 3, 8 / 255)]

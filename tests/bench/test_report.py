@@ -54,7 +54,9 @@ def frame(tmp_path: Path) -> pd.DataFrame:
 
 def test_leaderboard_shape_and_order(frame: pd.DataFrame) -> None:
     wide = leaderboard(frame, baseline="none")
-    assert list(wide["defense"]) == ["none", "dunet", "advtrain"]
+    # cells over different images (n) are different rows: never combined, never hidden
+    assert list(zip(wide["defense"], wide["n"], strict=True)) == [
+        ("none", 4), ("none", 2), ("dunet", 4), ("advtrain", 4), ("advtrain", 8)]
     attack_cols = ["fgsm/oblivious@8/255", "fgsm/oblivious@0.3", "fgsm/whitebox@8/255",
                    "ifgsm4/oblivious@8/255", "pgd10/whitebox@8/255", "pgd100/oblivious@8/255",
                    "pgd100/whitebox@8/255"]
@@ -68,23 +70,99 @@ def test_leaderboard_shape_and_order(frame: pd.DataFrame) -> None:
 
 
 def test_leaderboard_without_baseline_keeps_first_appearance(frame: pd.DataFrame) -> None:
-    assert list(leaderboard(frame)["defense"]) == ["dunet", "none", "advtrain"]
+    assert list(leaderboard(frame)["defense"]) == ["dunet", "none", "none", "advtrain",
+                                                   "advtrain"]
 
 
-def test_leaderboard_varying_n_shows_min_and_range(frame: pd.DataFrame) -> None:
-    wide = leaderboard(frame, baseline="none").set_index("defense")
-    assert wide.loc["advtrain", "n"] == 4
-    assert wide.loc["none", "n"] == 2
-    assert wide.attrs["n_range"]["digits/cnn/advtrain"] == (4, 8)
-    assert wide.loc["advtrain", "clean_acc"] == pytest.approx(1.0)  # from the n=8 cell
+def test_every_stored_number_is_visible(frame: pd.DataFrame) -> None:
+    wide = leaderboard(frame, baseline="none")
+    shown = sorted(v for c in wide.attrs["attack_columns"] for v in wide[c] if not np.isnan(v))
+    assert shown == sorted(frame["robust_acc"])
+    rows = wide.set_index("n")
+    assert wide[wide["defense"] == "advtrain"].set_index("n").loc[4, "clean_acc"] == \
+        pytest.approx(0.75)
+    assert rows.loc[8, "clean_acc"] == pytest.approx(1.0)
 
 
-def test_repeated_cell_keeps_largest_n(frame: pd.DataFrame, tmp_path: Path) -> None:
-    store = Store(tmp_path / "bench.sqlite")
+def test_a_cell_with_another_n_is_its_own_row(frame: pd.DataFrame, tmp_path: Path) -> None:
+    store = Store(tmp_path / "bench.sqlite")  # the fixture's store
     store.add(_cell("dunet", "pgd100", "whitebox", [1] * 8))
-    wide = leaderboard(store.frame(), baseline="none").set_index("defense")
-    assert wide.loc["dunet", "pgd100/whitebox@8/255"] == pytest.approx(1.0)
+    wide = leaderboard(store.frame(), baseline="none")
+    dunet = wide[wide["defense"] == "dunet"].set_index("n")["pgd100/whitebox@8/255"]
+    assert dunet.to_dict() == {4: pytest.approx(0.25), 8: pytest.approx(1.0)}
     assert len(long_table(store.frame())) == len(frame) + 1
+
+
+def _variant(tmp: Path, cells: list[CellResult]) -> pd.DataFrame:
+    store = Store(tmp / "v.sqlite")
+    for c in cells:
+        store.add(c)
+    return store.frame()
+
+
+def _with(cell: CellResult, h: str, **config: object) -> CellResult:
+    cell.config_hash = h
+    cell.config = {"dataset": cell.dataset, "model": cell.model, "defense": cell.defense,
+                   "attack": cell.attack, "threat": cell.threat, "eps": cell.eps, "n": cell.n,
+                   "seed": 0, **config}
+    for key in ("attack_params", "defense_params"):
+        if key in config:
+            setattr(cell, key, config[key])
+    return cell
+
+
+def test_targeted_and_untargeted_cells_get_their_own_labelled_columns(tmp_path: Path) -> None:
+    df = _variant(tmp_path, [
+        _with(_cell("none", "fgsm", "oblivious", [1, 0, 0, 0], eps=0.1), "a",
+              attack_params={"alpha": 0.1, "targeted": None}),
+        _with(_cell("none", "fgsm", "oblivious", [1, 1, 1, 0], eps=0.1), "b",
+              attack_params={"alpha": 0.1, "targeted": "least-likely"})])
+    wide = leaderboard(df, baseline="none")
+    assert wide.attrs["attack_columns"] == ["fgsm/oblivious@0.1 (targeted=none)",
+                                            "fgsm/oblivious@0.1 (targeted=least-likely)"]
+    assert len(wide) == 1
+    assert wide.iloc[0]["fgsm/oblivious@0.1 (targeted=none)"] == pytest.approx(0.25)
+    assert wide.iloc[0]["fgsm/oblivious@0.1 (targeted=least-likely)"] == pytest.approx(0.75)
+    md = render(df, "md", baseline="none")
+    assert "25.0" in md and "75.0" in md and "Settings in parentheses" in md
+
+
+def test_defense_options_that_differ_label_their_rows(tmp_path: Path) -> None:
+    cells = [_with(_cell("jpeg", "fgsm", "oblivious", r), h,
+                   defense_params={"quality": q, "input_shape": [1, 28, 28]})
+             for r, h, q in (([1, 0, 0, 0], "q50", 50), ([1, 1, 0, 0], "q75", 75))]
+    cells.append(_with(_cell("none", "fgsm", "oblivious", [0, 0, 0, 0]), "n0",
+                       defense_params={"input_shape": [1, 28, 28]}))
+    wide = leaderboard(_variant(tmp_path, cells), baseline="none")
+    assert list(wide["defense"]) == ["none", "jpeg (quality=50)", "jpeg (quality=75)"]
+    assert list(wide["fgsm/oblivious@8/255"]) == pytest.approx([0.0, 0.25, 0.5])
+    long = long_table(_variant(tmp_path, cells))
+    assert set(long["row"]) == {"digits/cnn/none", "digits/cnn/jpeg (quality=50)",
+                                "digits/cnn/jpeg (quality=75)"}
+
+
+def test_classifier_options_label_the_model(tmp_path: Path) -> None:
+    cells = [_with(_cell("none", "fgsm", "oblivious", r), h, model_opts={"epochs": e},
+                   classifier=f"key{e}")
+             for r, h, e in (([1, 0, 0, 0], "e1", 1), ([1, 1, 1, 0], "e4", 4))]
+    wide = leaderboard(_variant(tmp_path, cells))
+    assert list(wide["model"]) == ["cnn (model.epochs=1)", "cnn (model.epochs=4)"]
+    assert list(wide["defense"]) == ["none", "none"]
+
+
+def test_only_a_digest_differs_then_the_digest_labels_the_row(tmp_path: Path) -> None:
+    cells = [_with(_cell("none", "fgsm", "oblivious", r), h, classifier=k)
+             for r, h, k in (([1, 0, 0, 0], "h1", "aaaaaaaa1111"), ([1, 1, 0, 0], "h2",
+                                                                   "bbbbbbbb2222"))]
+    wide = leaderboard(_variant(tmp_path, cells))
+    assert list(wide["model"]) == ["cnn (classifier=aaaaaaaa)", "cnn (classifier=bbbbbbbb)"]
+
+
+def test_cells_of_an_older_schema_that_collide_are_told_apart_by_hash(tmp_path: Path) -> None:
+    cells = [_cell("none", "fgsm", "oblivious", r) for r in ([1, 0, 0, 0], [1, 1, 0, 0])]
+    cells[1].config_hash = "zz" + cells[1].config_hash
+    wide = leaderboard(_variant(tmp_path, cells))
+    assert len(wide) == 2 and all("config_hash=" in d for d in wide["defense"])
 
 
 def test_long_table_columns_and_csv(frame: pd.DataFrame) -> None:
@@ -105,7 +183,7 @@ def test_markdown_has_percentages_and_caption(frame: pd.DataFrame) -> None:
     assert lines[0].startswith("| dataset | model | defense | kind | clean | n |")
     assert "| digits | cnn | none |" in lines[2]
     assert "25.0†" in md and "75.0" in md
-    assert "4–8*" in md
+    assert "| digits | cnn | none | preprocessor | 100.0 | 2 |" in md
     assert "n = 2–8" in md and "pgd100" in md and "whitebox" in md and "abc1234" in md
 
 

@@ -11,14 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.cache import Cache
 from bench.config import RunConfig
+from bench.registry import DEFENSES, Entry
 from bench.runner import Runner
 from bench.store import Store
+from tests.bench.randomized_defense import NAME, NoisyDefense
 
 REPO = Path(__file__).resolve().parents[2]
-EPS = ["0.1", "0.2", "0.3"]
+EPS = ["0.1", "0.2"]
+NOISY = NAME
 
 
 def count(db: Path) -> tuple[int, int]:
@@ -32,14 +36,35 @@ def count(db: Path) -> tuple[int, int]:
 
 
 def grid_command(db: Path) -> list[str]:
-    return [sys.executable, "-m", "bench", "-q", "run", "--dataset", "digits", "--defense", "none",
-            "--attack", "pgd40,ifgsm8", "--eps", ",".join(EPS), "--threat", "oblivious,whitebox",
-            "--n", "100", "--results", str(db)]
+    """A grid with a randomized defense, run through the CLI in a fresh process."""
+    return [sys.executable, "-m", "tests.bench.randomized_defense", "-q", "run", "--dataset",
+            "digits", "--defense", f"none,{NOISY}", "--attack", "fgsm,pgd10", "--eps",
+            ",".join(EPS), "--threat", "oblivious,whitebox", "--n", "60", "--model-opt",
+            "epochs=1", "--results", str(db)]
 
 
-def test_kill_midway_then_resume_completes_grid(tmp_path: Path) -> None:
+def per_sample(db: Path) -> dict[str, tuple[bytes, bytes]]:
+    """config hash -> (clean, robust) per-sample correctness, as stored."""
+    con = sqlite3.connect(db, timeout=30)
+    rows = con.execute("SELECT config_hash, clean_correct, robust_correct FROM results")
+    return {h: (bytes(c), bytes(r)) for h, c, r in rows.fetchall()}
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "BENCH_CACHE_DIR": str(cache)}
+
+
+@pytest.mark.slow
+def test_kill_midway_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Cell by cell, per-sample flags included (a randomized defense among them): a grid killed
+    midway and resumed stores exactly what an uninterrupted run stores."""
+    expected = 2 * 2 * len(EPS) * 2  # defenses x attacks x eps x threats
+    whole = tmp_path / "whole.sqlite"
+    done = subprocess.run(grid_command(whole), cwd=tmp_path, env=_env(tmp_path / "c1"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
     db = tmp_path / "grid.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = _env(tmp_path / "c2")
     proc = subprocess.Popen(grid_command(db), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -49,17 +74,53 @@ def test_kill_midway_then_resume_completes_grid(tmp_path: Path) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first, _ = count(db)
-    expected = 2 * len(EPS) * 2  # attacks x eps x threats
     assert 0 < first < expected, f"kill landed outside the grid ({first} of {expected} cells)"
-    done = subprocess.run(grid_command(db), cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    resumed = subprocess.run(grid_command(db), cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
     assert count(db) == (expected, expected)
+    assert per_sample(db) == per_sample(whole)
+
+
+def _noisy_cells(store: Store) -> dict[str, tuple[bytes, bytes]]:
+    df = store.frame()
+    df = df[df["defense"] == NOISY]
+    return {r.config_hash: (r.clean_correct.tobytes(), r.robust_correct.tobytes())
+            for r in df.itertuples()}
+
+
+def test_a_randomized_defense_gives_the_same_cell_alone_in_a_grid_and_in_another_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(DEFENSES._entries, NOISY, Entry(NOISY, NoisyDefense))
+    base = {"datasets": ("digits",), "n": 60, "model_opts": {"epochs": 1},
+            "threats": ("oblivious", "whitebox")}
+    alone = Store(tmp_path / "alone.sqlite")
+    torch.manual_seed(1)  # whatever state the process's RNG is in must not matter
+    Runner(RunConfig(defenses=(NOISY,), attacks=("fgsm",), eps=(0.2,), **base), alone,
+           Cache(tmp_path / "c")).run()
+    grid = Store(tmp_path / "grid.sqlite")  # other cells run before it, in the same process
+    torch.manual_seed(2)
+    runner = Runner(RunConfig(defenses=("bitdepth", NOISY), attacks=("noise", "fgsm"),
+                              eps=(0.1, 0.2), **base), grid, Cache(tmp_path / "c"))
+    runner.run()
+    reordered = Store(tmp_path / "reordered.sqlite")
+    torch.rand(1000)
+    Runner(RunConfig(defenses=(NOISY, "bitdepth"), attacks=("fgsm", "noise"), eps=(0.2, 0.1),
+                     **base), reordered, Cache(tmp_path / "c")).run()
+    cells = _noisy_cells(alone)
+    assert len(cells) == 2
+    assert {h: _noisy_cells(grid)[h] for h in cells} == cells
+    assert {h: _noisy_cells(reordered)[h] for h in cells} == cells
+    # the noise really decides outcomes: under another evaluation seed the flags differ
+    s = runner.sessions()[0]
+    one, _ = s.evaluate(s.defense(NOISY), s.test[0], seed=1)
+    two, _ = s.evaluate(s.defense(NOISY), s.test[0], seed=2)
+    assert not torch.equal(one, two)
 
 
 def test_rerun_is_noop_and_baseline_threats_share_examples(tmp_path: Path) -> None:
     cfg = RunConfig(datasets=("digits",), defenses=("none",), attacks=("fgsm",), n=30,
-                    eps=(0.2,))
+                    eps=(0.2,), model_opts={"epochs": 1})
     store = Store(tmp_path / "r.sqlite")
     hashes = Runner(cfg, store, Cache()).run()
     df = store.frame()
@@ -75,7 +136,7 @@ def test_rerun_is_noop_and_baseline_threats_share_examples(tmp_path: Path) -> No
 
 def test_row_holds_the_design_fields(tmp_path: Path) -> None:
     cfg = RunConfig(datasets=("digits",), defenses=("none",), attacks=("noise",), n=25,
-                    eps=(0.1,), threats=("oblivious",), seed=3)
+                    eps=(0.1,), threats=("oblivious",), seed=3, model_opts={"epochs": 1})
     store = Store(tmp_path / "r.sqlite")
     Runner(cfg, store, Cache()).run()
     row = store.frame().iloc[0]

@@ -1,0 +1,184 @@
+"""The checks every adversarial batch passes before it is recorded: :func:`validate_adversarial`
+refuses each kind of invalid batch and accepts the boundary cases, :func:`check_finite` refuses
+NaN and infinity, :meth:`Attack.__call__` refuses a plugin that mutates its input or returns an
+invalid batch, and through the runner such an attack stops the grid with nothing stored."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bench.attack import TOLERANCE, Attack, validate_adversarial
+from bench.cache import Cache
+from bench.config import RunConfig
+from bench.errors import AttackValidationError, NonFiniteError
+from bench.registry import ATTACKS, Entry
+from bench.runner import Runner
+from bench.runtime import check_finite
+from bench.store import Store
+
+EPS = 0.25  # exact in binary, so "exactly eps" is exact in float32 too
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    """Clean images 2 x 1 x 4 x 4 at 0.5, with one pixel at 0 and one at 1."""
+    x = torch.full((2, 1, 4, 4), 0.5)
+    x[0, 0, 0, 0], x[1, 0, 3, 3] = 0.0, 1.0
+    return x
+
+
+def with_pixel(x: torch.Tensor, value: float, at: tuple[int, ...] = (0, 0, 0, 0)
+               ) -> torch.Tensor:
+    out = x.clone()
+    out[at] = value
+    return out
+
+
+INVALID: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
+    "a pixel fewer": (lambda x: x[..., :3], "shape"),
+    "an image fewer": (lambda x: x[:1], "shape"),
+    "NaN": (lambda x: with_pixel(x, float("nan"), (1, 0, 1, 1)), "NaN or infinite"),
+    "+inf": (lambda x: with_pixel(x, float("inf"), (1, 0, 1, 1)), "NaN or infinite"),
+    "-inf": (lambda x: with_pixel(x, float("-inf"), (1, 0, 1, 1)), "NaN or infinite"),
+    "below 0": (lambda x: with_pixel(x, -2 * TOLERANCE), r"\[0,1\] pixel range"),
+    "above 1": (lambda x: with_pixel(x, 1 + 2 * TOLERANCE, (1, 0, 3, 3)),
+                r"\[0,1\] pixel range"),
+    "outside the ball": (lambda x: with_pixel(x, 0.5 + EPS + 4 * TOLERANCE, (0, 0, 2, 2)),
+                         "L-inf ball"),
+    "outside the ball, below": (lambda x: with_pixel(x, 0.5 - EPS - 4 * TOLERANCE, (0, 0, 2, 2)),
+                                "L-inf ball"),
+}
+VALID: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "unchanged": lambda x: x.clone(),
+    "exactly eps": lambda x: (x + EPS).clamp(0, 1),
+    "exactly -eps": lambda x: (x - EPS).clamp(0, 1),
+    "eps within the tolerance": lambda x: with_pixel(x, 0.5 + EPS + TOLERANCE / 2, (0, 0, 2, 2)),
+    "0 within the tolerance": lambda x: with_pixel(x, -TOLERANCE / 2),
+    "1 within the tolerance": lambda x: with_pixel(x, 1 + TOLERANCE / 2, (1, 0, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_each_kind_of_invalid_batch_is_refused(case: str, x: torch.Tensor) -> None:
+    make, message = INVALID[case]
+    with pytest.raises(AttackValidationError, match=message) as info:
+        validate_adversarial(x, make(x), EPS, "tmp-attack")
+    assert "tmp-attack" in str(info.value) and "nothing was recorded" in str(info.value)
+
+
+@pytest.mark.parametrize("case", VALID)
+def test_the_boundary_cases_are_accepted(case: str, x: torch.Tensor) -> None:
+    validate_adversarial(x, VALID[case](x), EPS)
+
+
+def test_zero_eps_accepts_only_the_clean_batch(x: torch.Tensor) -> None:
+    validate_adversarial(x, x.clone(), 0.0)
+    validate_adversarial(x, with_pixel(x, 0.5 + TOLERANCE / 2, (0, 0, 2, 2)), 0.0)
+    with pytest.raises(AttackValidationError, match="L-inf ball"):
+        validate_adversarial(x, with_pixel(x, 0.5 + 4 * TOLERANCE, (0, 0, 2, 2)), 0.0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_check_finite_refuses_nan_and_infinity(value: float) -> None:
+    t = torch.zeros(3, 4)
+    t[1, 2] = value
+    with pytest.raises(NonFiniteError, match="the logits produced NaN or infinite"):
+        check_finite(t, "the logits")
+
+
+def test_check_finite_returns_a_finite_tensor() -> None:
+    t = torch.tensor([[0.0, -1e30, 1e30]])
+    assert check_finite(t, "the logits") is t
+
+
+class Shifted(Attack):
+    """A throwaway attack moving every pixel by ``3 * eps``: outside the ball.
+
+    Args:
+        eps: L-inf radius.
+    """
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (x + 3 * self.eps).clamp(0, 1)
+
+
+class Poisoned(Attack):
+    """A throwaway attack returning a NaN pixel (else the clean images).
+
+    Args:
+        eps: L-inf radius.
+    """
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        out[0, 0, 0, 0] = float("nan")
+        return out
+
+
+class Trimmed(Attack):
+    """A throwaway attack returning one image fewer."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x[1:]
+
+
+class Mutating(Attack):
+    """A throwaway attack returning valid images but zeroing its input in place."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        x.zero_()
+        return out
+
+
+class Stepping(Attack):
+    """A throwaway valid attack: every pixel moved by ``+eps``, clipped to [0,1]."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (x + self.eps).clamp(0, 1)
+
+
+NET = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize(("cls", "message"), [
+    (Shifted, "L-inf ball"), (Poisoned, "NaN or infinite"), (Trimmed, "shape"),
+    (Mutating, "mutated its input"),
+])
+def test_calling_an_attack_refuses_what_breaks_the_contract(
+        cls: type[Attack], message: str, x: torch.Tensor) -> None:
+    x0 = x.clone()
+    with pytest.raises(AttackValidationError, match=message):
+        cls(eps=0.1)(NET, x, torch.zeros(2, dtype=torch.long))
+    assert torch.equal(x, x0), "the caller's images were changed"
+
+
+def test_calling_a_valid_attack_returns_its_batch(x: torch.Tensor) -> None:
+    out = Stepping(eps=0.1)(NET, x, torch.zeros(2, dtype=torch.long))
+    assert torch.equal(out, (x + 0.1).clamp(0, 1)) and not out.requires_grad
+
+
+@pytest.mark.parametrize("cls", [Shifted, Poisoned])
+def test_the_runner_records_nothing_from_an_invalid_attack(
+        cls: type[Attack], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ATTACKS.load()
+    monkeypatch.setitem(ATTACKS._entries, "tmp-bad", Entry("tmp-bad", cls))
+    cfg = RunConfig(datasets=("digits",), defenses=("none",), attacks=("tmp-bad",), n=20,
+                    eps=(0.1,), model_opts={"epochs": 1})
+    store, cache = Store(tmp_path / "r.sqlite"), Cache(tmp_path / "cache")
+    with pytest.raises(AttackValidationError, match="tmp-bad"):
+        Runner(cfg, store, cache).run()
+    assert len(store.frame()) == 0
+    assert not list((tmp_path / "cache").glob("adversarial/*")), "an invalid set was cached"
+
+
+def test_an_empty_batch_is_valid_and_a_mismatched_empty_one_is_not() -> None:
+    empty = torch.empty(0, 1, 4, 4)
+    validate_adversarial(empty, empty.clone(), 0.1)
+    with pytest.raises(AttackValidationError, match="shape"):
+        validate_adversarial(empty, torch.empty(0, 1, 4, 3), 0.1)
