@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench.cli import main
 from bench.store import Store
+from tests.bench.helpers import write_mnist
 
 ENV_CACHE = "BENCH_CACHE_DIR"
 
@@ -24,19 +24,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def write_mnist(root: Path, split: str, n: int) -> None:
-    """Small valid IDX files under ``<root>/MNIST/raw`` (as in test_data.py)."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    prefix = "train" if split == "train" else "t10k"
-    images = np.random.default_rng(2).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    labels = (np.arange(n) * 3 % 10).astype(np.uint8)
-    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-        struct.pack(">4i", 2051, n, 28, 28) + images.tobytes())
-    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-        struct.pack(">2i", 2049, n) + labels.tobytes())
 
 
 def damaged_mnist(file: str, damage: Callable[[bytes], bytes]) -> Callable[[Path], None]:

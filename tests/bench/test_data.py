@@ -21,6 +21,7 @@ import torch
 from bench.config import ENV_DATA_ROOT
 from bench.data import SPLITS, BenchDataset, gather, get_dataset
 from bench.errors import ConfigError, DataCorruptError, DataNotFoundError
+from tests.bench.helpers import write_mnist
 
 
 def _check_images(x: torch.Tensor, y: torch.Tensor, n: int, shape: tuple[int, ...]) -> None:
@@ -326,21 +327,6 @@ def test_imagenet_check_needs_both_folders_unless_told_otherwise(tmp_path: Path)
 
 
 # -- MNIST: IDX files ----------------------------------------------------------------------------
-
-def write_mnist(root: Path, split: str = "test", n: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``: big-endian IDX headers
-    (magic 2051 with N, 28, 28 for images; 2049 with N for labels), then the uint8 data."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    prefix = "train" if split == "train" else "t10k"
-    images = np.random.default_rng(2).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    labels = (np.arange(n) * 3 % 10).astype(np.uint8)
-    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-        struct.pack(">4i", 2051, n, 28, 28) + images.tobytes())
-    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-        struct.pack(">2i", 2049, n) + labels.tobytes())
-    return images, labels
-
 
 def test_mnist_from_idx_files(tmp_path: Path) -> None:
     images, labels = write_mnist(tmp_path, "test", 5)

@@ -17,6 +17,7 @@ from bench.data import get_dataset
 from bench.errors import CheckpointError, ConfigError
 from bench.models import Classifier, LoadedModel, load_classifier, timm_hub_problem
 from bench.registry import DATASETS, MODELS
+from tests.bench.models.helpers import timm_state
 
 CPU = torch.device("cpu")
 
@@ -218,13 +219,6 @@ def hub_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def _timm_state(arch: str = "resnet18") -> dict[str, torch.Tensor]:
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(123)
-    net = timm.create_model(arch, pretrained=False)
-    return {k: v.contiguous() for k, v in net.state_dict().items()}
-
-
 def test_timm_model_without_pretrained_weights_builds_offline(hub_offline: Path) -> None:
     model = MODELS.build("timm:resnet18", input_shape=(3, 64, 64), num_classes=7,
                          pretrained=False).eval()
@@ -245,7 +239,7 @@ def test_timm_model_on_grey_images(hub_offline: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_timm_weights_from_a_local_file(hub_offline: Path, tmp_path: Path, suffix: str) -> None:
-    state = _timm_state()
+    state = timm_state()
     path = tmp_path / f"resnet18{suffix}"
     if suffix == ".safetensors":
         save_file(state, str(path))
@@ -269,7 +263,7 @@ def test_timm_pretrained_weights_come_from_the_hugging_face_cache_offline(
         hub_offline: Path) -> None:
     """The real pretrained path (timm -> huggingface_hub -> its cache), with a cache entry written
     here in the hub's layout, as a run with network access leaves it."""
-    state = _timm_state()
+    state = timm_state()
     revision = "0123456789abcdef0123456789abcdef01234567"
     repo = hub_offline / "hub" / "models--timm--resnet18.a1_in1k"
     (repo / "refs").mkdir(parents=True)

@@ -21,6 +21,7 @@ from bench.errors import CheckpointError
 from bench.models import import_robustbench
 from bench.models.adapters import load_weights_file, weights_only_loading
 from bench.registry import MODELS
+from tests.bench.models.helpers import timm_state
 
 needs_robustbench = pytest.mark.skipif(importlib.util.find_spec("robustbench") is None,
                                        reason="the robustbench extra is not installed")
@@ -66,13 +67,6 @@ def _assert_refused(err: pytest.ExceptionInfo[CheckpointError], path: Path,
     return msg
 
 
-def _timm_state(arch: str = "resnet18") -> dict[str, torch.Tensor]:
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(7)
-    net = timm.create_model(arch, pretrained=False)
-    return {k: v.contiguous() for k, v in net.state_dict().items()}
-
-
 def _build_timm(path: Path) -> Any:
     pytest.importorskip("timm")
     return MODELS.build("timm:resnet18", input_shape=(3, 64, 64), num_classes=1000,
@@ -101,7 +95,7 @@ def test_timm_refuses_a_legacy_format_file_holding_code(tmp_path: Path, marker: 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pth", "nested", "ema", "ddp"])
 def test_timm_loads_plain_weights_in_every_usual_layout(tmp_path: Path, fmt: str) -> None:
-    state = _timm_state()
+    state = timm_state(seed=7)
     path = tmp_path / f"resnet18.{'safetensors' if fmt == 'safetensors' else 'pth'}"
     if fmt == "safetensors":
         save_file(state, str(path))
@@ -121,7 +115,7 @@ def test_timm_loads_plain_weights_in_every_usual_layout(tmp_path: Path, fmt: str
 
 
 def test_safetensors_and_pth_give_the_same_weights(tmp_path: Path) -> None:
-    state = _timm_state()
+    state = timm_state(seed=7)
     save_file(state, str(tmp_path / "w.safetensors"))
     torch.save(state, tmp_path / "w.pth")
     a, b = load_weights_file(tmp_path / "w.safetensors"), load_weights_file(tmp_path / "w.pth")

@@ -1,0 +1,166 @@
+"""The leaderboard as Markdown (with its caption), CSV, JSON and a static HTML page."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.config import format_eps
+from bench.errors import ConfigError
+from bench.registry import natural_key
+from bench.report.identity import _native, identify
+from bench.report.tables import (
+    FORMATS,
+    _require,
+    _threat_rank,
+    leaderboard,
+    long_table,
+    worst_case,
+)
+from bench.threat import Threat
+
+_THREAT_NOTES = {
+    Threat.OBLIVIOUS.value: "the attack sees the classifier only",
+    Threat.WHITEBOX.value: "adaptive, through the whole defended pipeline",
+}
+_BPDA_MARK = "†"
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{100 * float(value):.1f}"
+
+
+def _display(wide: pd.DataFrame) -> pd.DataFrame:
+    """The wide table as strings: percentages, BPDA cells marked ``†``."""
+    out = wide.astype(object).copy()
+    bpda = {tuple(p) for p in wide.attrs.get("bpda", [])}
+    for i, row in wide.iterrows():
+        key = f"{row['dataset']}/{row['model']}/{row['defense']}"
+        out.at[i, "n"] = str(row["n"])
+        out.at[i, "clean_acc"] = _pct(row["clean_acc"])
+        for col in wide.attrs.get("attack_columns", []):
+            mark = _BPDA_MARK if (key, col) in bpda else ""
+            out.at[i, col] = _pct(row[col]) + mark
+    return out.rename(columns={"clean_acc": "clean"})
+
+
+def caption(df: pd.DataFrame) -> str:
+    """One line saying what the numbers are, on how many images, and what produced them."""
+    df = _require(df)
+    parts = []
+    for (ds, split), g in df.groupby(["dataset", "split"], sort=False):
+        lo, hi = int(g["n"].min()), int(g["n"].max())
+        parts.append(f"{ds}/{split}: n = {lo}" + (f"–{hi}" if hi != lo else ""))
+    threats = sorted(set(df["threat"]), key=_threat_rank)
+    notes = [f"{t} ({_THREAT_NOTES[t]})" if t in _THREAT_NOTES else t for t in threats]
+    revs = ", ".join(sorted(set(df["git_rev"].astype(str))))
+    date = str(df["created_at"].max())[:10]
+    marks = ([f"{_BPDA_MARK} gradients through BPDA."] if df["bpda"].astype(bool).any() else [])
+    cells = identify(df)
+    if ((cells["_label"] != cells["_column_base"]) | (cells["_model"] != cells["model"])
+            | (cells["_defense"] != cells["defense"])).any():
+        marks.append("Settings in parentheses distinguish rows or columns that share a name "
+                     "(the CSV has every cell's full configuration).")
+    attacks = ", ".join(sorted(set(df["attack"]), key=natural_key))
+    return " ".join([
+        f"Accuracy (%) of each defended classifier on n test images per cell "
+        f"({'; '.join(parts)}). Attacks: {attacks}; threat models: {'; '.join(notes)}; "
+        f"columns are attack/threat@eps (L-inf radius on the [0,1] scale).", *marks,
+        f"Produced by bench (git {revs}) on {date}."])
+
+
+def to_markdown(wide: pd.DataFrame, text: str) -> str:
+    """A Markdown pipe table of the wide leaderboard followed by the caption ``text``."""
+    shown = _display(wide)
+    lines = ["| " + " | ".join(map(str, shown.columns)) + " |",
+             "|" + "|".join("---" if c in ("dataset", "model", "defense", "kind") else "---:"
+                            for c in shown.columns) + "|"]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False)]
+    return "\n".join(lines) + f"\n\n{text}\n"
+
+
+def to_records(long: pd.DataFrame) -> list[dict[str, Any]]:
+    """The long table as JSON-ready dicts: Python scalars, NaN as None, params decoded."""
+    records = []
+    for rec in long.to_dict(orient="records"):
+        rec = {k: _native(v) for k, v in rec.items()}
+        for col in ("attack_params", "defense_params"):
+            if isinstance(rec.get(col), str):
+                rec[col] = json.loads(rec[col])
+        records.append(rec)
+    return records
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f2f2f2}td:nth-child(-n+4){text-align:left}
+p.caption{max-width:60em;color:#555}img{max-width:100%;margin:1em 0;display:block}"""
+
+
+def to_html(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None = None) -> str:
+    """A static self-contained page: wide table, worst case, long table, and the PNG plots found
+    under ``out_dir/plots`` (linked by relative path). Inline CSS, no scripts, no network."""
+    wide = leaderboard(df, baseline)
+    plots = sorted((out_dir / "plots").glob("*.png")) if out_dir is not None else []
+    worst = worst_case(df, baseline)
+    for col in ("worst_case_acc", "min_single_acc"):
+        worst[col] = worst[col].map(_pct)
+    worst["eps"] = worst["eps"].map(format_eps)
+    worst = worst.rename(columns={"worst_case_acc": "all attacks (%)",
+                                  "min_single_acc": "strongest single attack (%)"})
+    body = [
+        "<h1>Adversarial defense leaderboard</h1>",
+        f'<p class="caption">{html.escape(caption(df))}</p>',
+        _display(wide).to_html(index=False, na_rep="–"),
+        "<h2>All-or-nothing (correct under every attack)</h2>",
+        worst.to_html(index=False, na_rep="–"),
+        "<h2>Plots</h2>" if plots else "",
+        *(f'<img src="plots/{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in plots),
+        "<h2>Every cell</h2>",
+        long_table(df, baseline).to_html(index=False, na_rep="–", float_format="%.4g"),
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>bench leaderboard</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+
+
+def render(df: pd.DataFrame, fmt: str, out_dir: str | Path | None = None,
+           baseline: str | None = None) -> str:
+    """Render the leaderboard as ``md``, ``csv``, ``json`` or ``html``.
+
+    Args:
+        df: cells as returned by ``Store.frame()``.
+        fmt: ``md`` (wide table in %, with a caption), ``csv`` (long table), ``json`` (long
+            table as records), ``html`` (static page with the tables and ``out_dir/plots/*.png``).
+        out_dir: when given, write ``out_dir/leaderboard.<fmt>`` (directory created) and return
+            its path; otherwise return the text.
+        baseline: the defense shown first in each block (see :func:`leaderboard`).
+
+    Raises:
+        ConfigError: unknown ``fmt``, or ``df`` is empty.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"Unknown report format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    df = _require(df)
+    out = Path(out_dir) if out_dir is not None else None
+    if fmt == "md":
+        text = to_markdown(leaderboard(df, baseline), caption(df))
+    elif fmt == "csv":
+        text = long_table(df, baseline).to_csv(index=False)
+    elif fmt == "json":
+        text = json.dumps(to_records(long_table(df, baseline)), indent=1) + "\n"
+    else:
+        text = to_html(df, baseline, out)
+    if out is None:
+        return text
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"leaderboard.{fmt}"
+    path.write_text(text, encoding="utf-8")
+    return str(path)

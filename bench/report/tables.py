@@ -1,0 +1,178 @@
+"""Leaderboard tables from the result store: wide (one row per defense), long (one row per cell),
+all-or-nothing worst case, and their Markdown / CSV / JSON / HTML exports.
+
+Every function takes the DataFrame of :meth:`bench.store.Store.frame` (one row per cell). Rows
+are ordered per (dataset, model) with the baseline defense first, then the defenses in order of
+first appearance; attack columns by attack name (natural order: ``fgsm``, ``ifgsm4``, ``pgd10``,
+``pgd100``), then threat model (in :class:`bench.threat.Threat` order), then eps.
+
+Nothing stored is hidden (:func:`identify`): a wide column is identified by everything that
+distinguishes its cells (attack, threat, norm, eps and any resolved attack parameter that differs,
+targeting included), a row by dataset, model and defense plus any other setting of the cell's
+configuration that differs (defense or classifier options, n, seed, batch size, ...). The
+settings that differ are written beside the name, e.g. ``jpeg (quality=50)`` or
+``fgsm/oblivious@0.1 (targeted=least-likely)``; two cells never share a table cell.
+
+Example::
+
+    df = open_store(results_path(), must_exist=True).frame()
+    print(render(df, "md", baseline="none"))
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import ConfigError
+from bench.registry import natural_key
+from bench.report.identity import identify
+from bench.threat import Threat
+
+FORMATS = ("md", "csv", "json", "html")
+LONG_COLUMNS = (
+    "dataset", "split", "model", "defense", "defense_kind", "attack", "threat", "norm", "eps",
+    "n", "clean_acc", "robust_acc", "denoise_loss", "bpda", "wall_time", "seed", "attack_params",
+    "defense_params", "device", "git_rev", "config_hash", "created_at",
+)
+ROW_KEYS = ["dataset", "model", "defense"]
+
+
+def _require(df: pd.DataFrame | None) -> pd.DataFrame:
+    if df is None or len(df) == 0:
+        raise ConfigError("The result store holds no cells yet: run `python -m bench run ...` "
+                          "first (or pass --results PATH to read another store).")
+    return df
+
+
+def _threat_rank(threat: str) -> tuple[int, str]:
+    order = [t.value for t in Threat]
+    return (order.index(threat), "") if threat in order else (len(order), threat)
+
+
+def _ordered(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """``df`` sorted into leaderboard order (stable: ties keep the store's creation order)."""
+    df = df.reset_index(drop=True).assign(_pos=lambda d: np.arange(len(d)))
+    pairs = list(df[["dataset", "model"]].itertuples(index=False, name=None))
+    triples = list(df[ROW_KEYS].itertuples(index=False, name=None))
+    groups = {k: i for i, k in enumerate(dict.fromkeys(pairs))}
+    defense_rank: dict[tuple[str, str, str], int] = {}
+    for (ds, model), g in df.groupby(["dataset", "model"], sort=False):
+        names = list(dict.fromkeys(g["defense"]))
+        if baseline in names:
+            names.remove(baseline)
+            names.insert(0, baseline)
+        defense_rank.update({(ds, model, name): i for i, name in enumerate(names)})
+    attacks = {a: i for i, a in enumerate(sorted(set(df["attack"]), key=natural_key))}
+    threats = {t: i for i, t in enumerate(sorted(set(df["threat"]), key=_threat_rank))}
+    keys = pd.DataFrame({
+        "_g": [groups[k] for k in pairs],
+        "_d": [defense_rank[k] for k in triples],
+        "_a": df["attack"].map(attacks),
+        "_t": df["threat"].map(threats),
+    })
+    df = pd.concat([df, keys], axis=1)
+    df = df.sort_values(["_g", "_d", "_a", "_t", "norm", "eps", "_pos"], kind="stable")
+    return df.reset_index(drop=True)
+
+
+def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """The wide leaderboard: one row per (dataset, model, defense) and distinguishing settings,
+    robust accuracy per column.
+
+    Args:
+        df: cells as returned by ``Store.frame()``.
+        baseline: the defense shown first in each (dataset, model) block (e.g. the undefended
+            one); None keeps the order of first appearance.
+
+    Returns:
+        Columns ``dataset, model, defense, kind, clean_acc, n`` then one column per
+        distinguishable (attack, threat, eps, settings) labelled as :func:`identify` does,
+        accuracies in [0, 1], NaN where a cell was not run. ``model`` and ``defense`` carry the
+        settings that distinguish rows of the same names. Every stored cell has its own table
+        cell. ``attrs["bpda"]`` lists ``[row key, column]`` pairs whose attack used BPDA, the row
+        key being ``dataset/model/defense`` as shown.
+
+    Raises:
+        ConfigError: ``df`` is empty.
+    """
+    cells = identify(_ordered(_require(df), baseline))
+    columns = list(dict.fromkeys(cells.sort_values(["_a", "_t", "norm", "eps"],
+                                                   kind="stable")["_label"]))
+    rows, bpda = [], []
+    for _, g in cells.groupby("_row", sort=False):
+        first = g.iloc[0]
+        key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
+        row = {"dataset": first["dataset"], "model": first["_model"],
+               "defense": first["_defense"], "kind": first["defense_kind"],
+               "clean_acc": float(g["clean_acc"].mean()), "n": int(first["n"])}
+        row.update({c: float("nan") for c in columns})
+        row.update(dict(zip(g["_label"], g["robust_acc"].astype(float), strict=True)))
+        rows.append(row)
+        bpda += [[key, label] for label in g.loc[g["bpda"].astype(bool), "_label"]]
+    wide = pd.DataFrame(rows, columns=["dataset", "model", "defense", "kind", "clean_acc", "n",
+                                       *columns])
+    wide.attrs.update(attack_columns=columns, bpda=bpda)
+    return wide
+
+
+def long_table(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """Every cell, one line each, in leaderboard order: the CSV format scripts read.
+
+    Args:
+        df: cells as returned by ``Store.frame()``.
+        baseline: as in :func:`leaderboard`.
+
+    Returns:
+        Columns :data:`LONG_COLUMNS` (accuracies in [0, 1]; ``attack_params`` and
+        ``defense_params`` as JSON strings; per-sample arrays left out), then ``row`` and
+        ``column``: where the cell is in the wide table (``dataset/model/defense`` as shown
+        there, and the column label).
+
+    Raises:
+        ConfigError: ``df`` is empty.
+    """
+    cells = identify(_ordered(_require(df), baseline))
+    out = cells[[c for c in LONG_COLUMNS if c in cells.columns]].copy()
+    out["row"] = cells["dataset"] + "/" + cells["_model"] + "/" + cells["_defense"]
+    out["column"] = cells["_label"]
+    for col in ("attack_params", "defense_params"):
+        if col in out:
+            out[col] = out[col].map(lambda v: json.dumps(v, sort_keys=True, default=str))
+    return out.reset_index(drop=True)
+
+
+def worst_case(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """All-or-nothing accuracy: an image counts only if it is correct under every attack.
+
+    Cells are combined per wide-table row (:func:`identify`: dataset, model, defense and every
+    setting that distinguishes the row, n included, so only cells over the same images) and per
+    (threat, norm, eps).
+
+    Args:
+        df: cells as returned by ``Store.frame()`` (needs the ``robust_correct`` 0/1 arrays).
+        baseline: as in :func:`leaderboard`.
+
+    Returns:
+        Columns ``dataset, model, defense`` (as labelled in the wide table), ``threat, eps, n,
+        attacks`` (comma list),
+        ``worst_case_acc`` (in [0, 1]) and ``min_single_acc`` (the strongest single attack's
+        accuracy, for comparison: worst_case_acc <= min_single_acc).
+
+    Raises:
+        ConfigError: ``df`` is empty.
+    """
+    cells = identify(_ordered(_require(df), baseline))
+    rows = []
+    for _, g in cells.groupby(["_row", "threat", "norm", "eps"], sort=False):
+        correct = np.stack([np.asarray(c, dtype=bool) for c in g["robust_correct"]])
+        first = g.iloc[0]
+        rows.append({"dataset": first["dataset"], "model": first["_model"],
+                     "defense": first["_defense"], "threat": first["threat"],
+                     "eps": first["eps"], "n": int(first["n"]),
+                     "attacks": ",".join(dict.fromkeys(g["_label"].str.split("/").str[0])),
+                     "worst_case_acc": float(correct.all(axis=0).mean()),
+                     "min_single_acc": float(g["robust_acc"].min())})
+    return pd.DataFrame(rows)
