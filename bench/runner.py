@@ -1,9 +1,11 @@
 """The runner: crosses datasets x models x defenses x attacks x threats x eps into cells.
 
 Each cell is identified by a hash of its fully resolved configuration; a stored cell is skipped,
-so rerunning a finished grid is a no-op and an interrupted one resumes. Cells are grouped so that
-each classifier, defense and adversarial set is built once. Every adversarial batch is validated
-by the attack base class before anything is recorded.
+so rerunning a finished grid is a no-op and an interrupted one resumes. Every session is checked
+(names, options, data files) before anything is trained; each cell is planned once
+(:meth:`Runner.plan`: its attack, configuration and hash). Cells are grouped so that each
+classifier, defense and adversarial set is built once. Every adversarial batch, and every whole
+set when it is used, is validated before anything is recorded.
 """
 
 from __future__ import annotations

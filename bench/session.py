@@ -224,7 +224,7 @@ class Session:
             with rng_isolated(self.device):
                 torch.manual_seed(self.seed)
                 self._built[name] = DEFENSES.get(name).build(**self.defense_params(name))
-        return self._built.get(name) or self._defenses[name]
+        return self._built[name] if name in self._built else self._defenses[name]
 
     def defense_id(self, name: str) -> dict[str, Any]:
         """Defense ``name``'s identity: its resolved parameters and, when it trains, the hash of

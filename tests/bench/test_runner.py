@@ -80,6 +80,16 @@ def test_kill_midway_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> 
     assert resumed.returncode == 0, resumed.stderr
     assert count(db) == (expected, expected)
     assert per_sample(db) == per_sample(whole)
+    # a cell of the randomized defense run alone in another process: the same per-sample flags
+    alone = tmp_path / "alone.sqlite"
+    command = grid_command(alone)
+    for flag, value in (("--defense", NOISY), ("--attack", "fgsm"), ("--eps", EPS[-1])):
+        command[command.index(flag) + 1] = value  # one cell of the grid's, and the baseline's
+    done = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path / "c3"), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    noisy = per_sample(alone)
+    assert len(noisy) == 4 and {h: per_sample(db)[h] for h in noisy} == noisy
 
 
 def _noisy_cells(store: Store) -> dict[str, tuple[bytes, bytes]]:
