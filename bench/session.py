@@ -217,14 +217,19 @@ class Session:
         return entry.resolve(**opts, input_shape=self.info.input_shape,
                              num_classes=self.info.num_classes)
 
+    def _construct(self, name: str) -> Defense:
+        with rng_isolated(self.device):  # initial weights from the session's seed, as keyed
+            torch.manual_seed(self.seed)
+            return DEFENSES.get(name).build(**self.defense_params(name))
+
     def built(self, name: str) -> Defense:
         """Defense ``name`` constructed (initial weights drawn from the session's seed, which the
-        weight key names) but not fitted."""
-        if name not in self._built and name not in self._defenses:
-            with rng_isolated(self.device):
-                torch.manual_seed(self.seed)
-                self._built[name] = DEFENSES.get(name).build(**self.defense_params(name))
-        return self._built[name] if name in self._built else self._defenses[name]
+        weight key names); not yet fitted unless :meth:`defense` fitted it already."""
+        if name in self._defenses and name not in self._built:
+            return self._defenses[name]
+        if name not in self._built:
+            self._built[name] = self._construct(name)
+        return self._built[name]
 
     def defense_id(self, name: str) -> dict[str, Any]:
         """Defense ``name``'s identity: its resolved parameters and, when it trains, the hash of
@@ -244,11 +249,9 @@ class Session:
         """Defense ``name`` built for this dataset, fitted (trained or loaded from cache) and its
         output checked once on a few clean test images."""
         if name not in self._defenses or retrain:
-            d = self._built.pop(name, None) if not retrain else None
-            if d is None:
-                with rng_isolated(self.device):
-                    torch.manual_seed(self.seed)
-                    d = DEFENSES.get(name).build(**self.defense_params(name))
+            d = self._built.pop(name, None)
+            if d is None or retrain:
+                d = self._construct(name)
             meta = fit_or_load(d, self.fit_context(), retrain=retrain) if d.needs_training else {}
             d = d.to(self.device).eval()
             with rng_isolated(self.device):
