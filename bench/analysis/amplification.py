@@ -9,7 +9,7 @@ Layers are found generically with forward hooks on every leaf module that comput
 
 Example::
 
-    curves, dashed = figure5_curves(f, x, x_adv, {"lgd": denoiser(x_adv)})
+    curves, dashed = figure5_curves(f, x, x_adv, {"denoiser": denoiser(x_adv)})
     plot_amplification(curves, out_dir, "digits / cnn, PGD eps 0.3", "amplification", dashed)
 """
 
