@@ -7,6 +7,9 @@ parameter-free attacks", ICML 2020, https://arxiv.org/abs/2003.01690
 * APGD: PGD with an adaptive step size (halved when progress stalls, starting at ``2*eps``),
   momentum, and a random start; returns the best point found. ``loss`` is ``ce`` (``apgd``) or the
   scale-invariant DLR loss (``apgd-dlr``).
+* APGD-T (``apgd-t``): APGD on the targeted DLR loss, run in turn towards each of the
+  ``n_target_classes`` classes with the highest logits other than the true one (default
+  ``min(9, n_classes - 1)``, the reference code's), each only on the images not yet fooled.
 * AutoAttack, version ``standard``: APGD-CE, then APGD-T (targeted DLR), FAB-T and Square (5000
   queries), each run only on the images still correctly classified. ``n_classes`` is read from the
   model's output (one forward pass on the batch).
@@ -87,6 +90,50 @@ class APGD(TorchAttack):
     def make(self, model: nn.Module) -> Any:
         return torchattacks.APGD(model, norm="Linf", eps=self.eps, steps=self.steps,
                                  n_restarts=self.n_restarts, seed=torch_seed(), loss=self.loss)
+
+
+@register_attack("apgd-t", steps=100, n_restarts=1)
+class APGDT(TorchAttack):
+    """Targeted APGD on the DLR loss, over the top target classes (Croce and Hein 2020).
+
+    Args:
+        eps: L-inf radius on the [0,1] scale.
+        alpha: must be None (the step size is adaptive).
+        targeted: must be None (it picks its own targets).
+        seed: seed of the random start.
+        steps: iterations per target class.
+        n_restarts: random restarts per target class.
+        n_target_classes: how many of the highest-ranked wrong classes to target in turn (None:
+            ``min(9, n_classes - 1)``).
+
+    Example: ``python -m bench run --attack apgd-t --eps 8/255``
+    """
+
+    def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
+                 seed: int = 0, steps: int = 100, n_restarts: int = 1,
+                 n_target_classes: int | None = None) -> None:
+        super().__init__(eps, alpha, targeted, seed)
+        untargeted_only(self)
+        no_step(self)
+        self.steps = check_steps(steps)
+        self.n_restarts = check_steps(n_restarts, "n_restarts")
+        self.n_target_classes = (None if n_target_classes is None
+                                 else check_steps(n_target_classes, "n_target_classes"))
+
+    def make(self, model: nn.Module, n_classes: int = 10) -> Any:
+        if n_classes < 4:
+            raise ConfigError(f"apgd-t needs at least 4 classes (its targeted DLR loss), the "
+                              f"model has {n_classes}: use apgd instead.")
+        atk = torchattacks.APGDT(model, norm="Linf", eps=self.eps, steps=self.steps,
+                                 n_restarts=self.n_restarts, seed=torch_seed(),
+                                 n_classes=n_classes)
+        atk.n_target_classes = min(self.n_target_classes or TARGET_CLASSES, n_classes - 1)
+        return atk
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            n_classes = model(x[:1]).shape[1]
+        return self.make(model, n_classes)(x, y)
 
 
 @register_attack("autoattack", steps=100, n_queries=5000)

@@ -22,6 +22,8 @@ Arguments:
     seed: seed of the random start and random targets.
     steps: number of iterations (default 10; variants fix 10 to 2000).
     random_start: start from a uniform point of the ball (default True).
+    restarts: independent random starts (default 1); an image keeps the first restart's result
+        that the attacked model misclassifies, else the last one's.
 
 Example::
 
@@ -32,11 +34,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torchattacks
 from torch import nn
 
 from attacks._common import check_alpha, check_steps, pgd_alpha
 from bench.attack import TorchAttack
+from bench.errors import ConfigError
 from bench.registry import register_attack
 
 
@@ -56,16 +60,22 @@ class PGD(TorchAttack):
         seed: seed of the random start and random targets.
         steps: number of iterations.
         random_start: start from a uniform point of the eps-ball.
+        restarts: independent random starts; per image, the first that fools the model wins.
 
     Example: ``python -m bench run --attack pgd100 --eps 8/255``
     """
 
     def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
-                 seed: int = 0, steps: int = 10, random_start: bool = True) -> None:
+                 seed: int = 0, steps: int = 10, random_start: bool = True,
+                 restarts: int = 1) -> None:
         check_alpha(alpha)
         super().__init__(eps, alpha, targeted, seed)
         self.steps = check_steps(steps)
         self.random_start = bool(random_start)
+        self.restarts = check_steps(restarts, "restarts")
+        if self.restarts > 1 and not self.random_start:
+            raise ConfigError("restarts > 1 needs random_start=True (every restart would be the "
+                              "same): drop one of the two options.")
 
     def step_size(self) -> float:
         return pgd_alpha(self.eps, self.steps) if self.alpha is None else float(self.alpha)
@@ -73,3 +83,18 @@ class PGD(TorchAttack):
     def make(self, model: nn.Module) -> Any:
         return torchattacks.PGD(model, eps=self.eps, alpha=self.step_size(), steps=self.steps,
                                 random_start=self.random_start)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = super().perturb(model, x, y)
+        if self.restarts == 1:
+            return x_adv
+        targets = self.target_labels(model, x, y) if self.targeted else y
+        for _ in range(self.restarts - 1):
+            with torch.no_grad():
+                pred = model(x_adv).argmax(1)
+            left = (pred == targets) != bool(self.targeted)  # not yet fooled
+            if not left.any():
+                break
+            idx = left.nonzero().flatten()
+            x_adv[idx] = super().perturb(model, x[idx], y[idx])
+        return x_adv

@@ -145,7 +145,16 @@ def _grid(p: argparse.ArgumentParser) -> None:
     """The options of a grid of cells run through the Runner (``run``, ``plot sweep``)."""
     p.add_argument("--defense", default=None, help="comma list of defenses (default: none)")
     p.add_argument("--attack", default=None, help="comma list of attacks (required)")
-    p.add_argument("--threat", default=None, help="oblivious,whitebox (default: both)")
+    p.add_argument("--threat", default=None,
+                   help="oblivious,whitebox,transfer (default: oblivious,whitebox)")
+    p.add_argument("--source-model", default=None,
+                   help="transfer threat: the model attacks are crafted on (default: the "
+                        "dataset's second model)")
+    p.add_argument("--eot", type=_positive_int, default=None,
+                   help="EOT draws of a whitebox gradient attack on a randomized defense "
+                        "(default 20)")
+    p.add_argument("--eval-draws", type=_positive_int, default=None,
+                   help="forward passes per image evaluating a randomized defense (default 10)")
     p.add_argument("--eps", default=None, help="comma list, e.g. 0.2 or 8/255")
     p.add_argument("--n", type=int, default=None, help="evaluate the first n test images")
     p.add_argument("--alpha", default=None, help="attack step size, e.g. 0.01 or 2/255")
@@ -174,6 +183,8 @@ _FIELDS = {
     "batch_size": ("batch_size", None), "device": ("device", None),
     "download": ("download", None), "data_root": ("data_root", None),
     "results": ("results", None), "fit_images": ("fit_images", None),
+    "source_model": ("source_model", None), "eot": ("eot", None),
+    "eval_draws": ("eval_draws", None),
     "defense_opt": ("defense_opts", parse_options), "attack_opt": ("attack_opts", parse_options),
     "model_opt": ("model_opts", parse_options),
 }

@@ -197,8 +197,12 @@ def _options(name: str, value: Any) -> dict[str, Any]:
 class RunConfig:
     """The fully resolved configuration of one ``bench run`` grid.
 
-    Every list is a grid axis; the runner crosses them. ``threats`` empty means: every threat
-    model that applies to each defense (both for preprocessors). Every field is checked and
+    Every list is a grid axis; the runner crosses them. ``threats`` empty means the default
+    threat models (oblivious and whitebox; transfer only when asked for). ``source_model`` is
+    the transfer threat's source (None: the dataset's first model other than the target);
+    ``eot`` the draws a whitebox gradient attack averages through a randomized defense;
+    ``eval_draws`` the forward passes per image when a randomized defense is evaluated (an image
+    counts as correct only when every draw classifies it correctly). Every field is checked and
     normalized when the object is made, whatever its source (command line, config file, code):
     lists may be given as comma strings, eps and alpha as fractions (``8/255``).
     """
@@ -215,6 +219,9 @@ class RunConfig:
     alpha: float | None = None
     targeted: str | None = None
     batch_size: int = 250
+    source_model: str | None = None
+    eot: int = 20
+    eval_draws: int = 10
     device: str = "auto"
     download: bool = False
     data_root: str | None = None
@@ -251,6 +258,11 @@ class RunConfig:
         put(self, "fit_images", fit)
         put(self, "batch_size", batch)
         put(self, "seed", _int("seed", self.seed, 0, optional=False))
+        put(self, "eot", _int("eot", self.eot, 1, optional=False))
+        put(self, "eval_draws", _int("eval_draws", self.eval_draws, 1, optional=False))
+        if self.source_model is not None and not (isinstance(self.source_model, str)
+                                                  and self.source_model.strip()):
+            raise ConfigError(f"source_model must be a model name, got {self.source_model!r}.")
         if self.targeted not in (None, "random", "least-likely"):
             raise ConfigError(f"--targeted {self.targeted!r}: use 'random' or 'least-likely'.")
         if self.alpha is not None:

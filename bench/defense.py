@@ -137,6 +137,9 @@ class Defense(nn.Module):
     identity: ClassVar[bool] = False
     channels: ClassVar[tuple[int, ...] | None] = None
     min_size: ClassVar[int] = 1
+    #: Registered attacks written against this defense (Tramer et al. 2020: adaptive attacks are
+    #: defense-specific); every attack suite runs them first, whitebox, on this defense only.
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> None:
         super().__init__()

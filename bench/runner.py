@@ -32,7 +32,8 @@ from bench.registry import ATTACKS, DEFENSES, MODELS
 from bench.runtime import resolve_device
 from bench.session import SPLIT, Session, baseline_name, derive_seed
 from bench.store import CellResult, Store
-from bench.threat import Threat, attacked_model, uses_bpda
+from bench.suite import AttackSuite, evaluate_suite
+from bench.threat import DEFAULT_THREATS, Threat, attacked_model, eot_draws, uses_bpda
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def validate_names(cfg: RunConfig) -> None:
     """Fail fast, before any training, on an unknown plugin name or threat."""
     for name in cfg.datasets:
         get_dataset(name, root=cfg.data_root)  # constructs only; files are read later
-    for name in cfg.models:
+    for name in (*cfg.models, *([cfg.source_model] if cfg.source_model else [])):
         MODELS.get(name)
     for name in cfg.defenses:
         DEFENSES.get(name)
@@ -78,10 +79,18 @@ def validate_names(cfg: RunConfig) -> None:
                           "list attacks")
 
 
-def threats_for(cfg: RunConfig) -> list[Threat]:
-    """``--threat`` when given; otherwise every threat model, so nobody sees only the oblivious
-    number of a preprocessor."""
-    return [Threat.parse(t) for t in cfg.threats] or list(Threat)
+def threats_for(cfg: RunConfig, attack: Attack | None = None) -> list[Threat]:
+    """``--threat`` when given; otherwise the default threat models (oblivious and whitebox),
+    so nobody sees only the oblivious number of a preprocessor. An attack suite runs once, as
+    whitebox: its members choose their own threat models."""
+    threats = [Threat.parse(t) for t in cfg.threats] or list(DEFAULT_THREATS)
+    if isinstance(attack, AttackSuite):
+        if Threat.WHITEBOX not in threats:
+            raise ConfigError(f"{attack.name} is an attack suite that chooses its members' "
+                              f"threat models and is stored as whitebox: add whitebox to "
+                              f"--threat or drop --threat.")
+        return [Threat.WHITEBOX]
+    return threats
 
 
 @dataclass(frozen=True)
@@ -123,8 +132,9 @@ class Runner:
             info = get_dataset(ds_name, root=self.cfg.data_root).info
             for model_name in self.cfg.models or (info.models[0],):
                 out.append(Session.for_config(self.cfg, ds_name, model_name, cache=self.cache))
+        transfer = Threat.TRANSFER in threats_for(self.cfg)
         for s in out:
-            s.validate(self.defenses(), self.cfg.attacks, self.cfg.eps)
+            s.validate(self.defenses(), self.cfg.attacks, self.cfg.eps, source=transfer)
         return out
 
     def run(self) -> list[str]:
@@ -146,7 +156,7 @@ class Runner:
         for a in self.cfg.attacks:
             for e in eps_list:
                 attack = s.attack(a, e)
-                for t in threats_for(self.cfg):
+                for t in threats_for(self.cfg, attack):
                     config = self.cell_config(s, defense, attack, t)
                     cells.append(Cell(defense, attack, t, e, config,
                                       stable_hash(config, length=24)))
@@ -182,7 +192,30 @@ class Runner:
                 "defense_weights": ident["weights"], "fit_images": ident["fit_images"],
                 "attack": attack.name, "attack_params": attack.describe(),
                 "threat": threat.value, "norm": attack.norm, "eps": attack.eps,
-                "seed": self.cfg.seed, "batch_size": s.batch_size}
+                "seed": self.cfg.seed, "batch_size": s.batch_size, **self.extras(s, defense,
+                                                                                  attack, threat)}
+
+    def extras(self, s: Session, defense: str, attack: Attack, threat: Threat) -> dict[str, Any]:
+        """The settings of a cell that exist only for some cells (absent otherwise, so adding
+        them left every other cell's hash unchanged): EOT draws, evaluation draws of a
+        randomized defense, the transfer source, a suite's members on this defense."""
+        d = s.built(defense)
+        out: dict[str, Any] = {}
+        suite = isinstance(attack, AttackSuite)
+        members = attack.plan(d) if suite else []
+        budget = getattr(attack, "eot", None) or s.eot
+        eot = max([eot_draws(threat, d, s.eot, attack.gradient_free)]
+                  + [eot_draws(Threat(m.threat), d, budget, attack.member(m).gradient_free)
+                     for m in members])
+        if eot > 1:
+            out["eot"] = eot
+        if s.draws(d) > 1:
+            out["eval_draws"] = s.draws(d)
+        if threat is Threat.TRANSFER or any(m.threat == Threat.TRANSFER for m in members):
+            out["source"] = {"model": s.source_name, "key": s.pending_source.key}
+        if suite:
+            out["suite"] = [m.describe(attack.member(m)) for m in members]
+        return out
 
     def _run_defense(self, s: Session, d_name: str, todo: list[Cell]) -> None:
         t0 = time.perf_counter()
@@ -196,22 +229,40 @@ class Runner:
                  float(clean.float().mean()))
         for c in todo:
             t1 = time.perf_counter()
-            target, target_key = attacked_model(c.threat, s.classifier, defense)
-            if target_key != "classifier":
-                target_key += ":" + stable_hash(s.defense_id(d_name))
-            x_adv = s.adversarial(c.attack, target, target_key)
-            loss_wanted = defense.kind == PREPROCESSOR and not defense.identity
-            robust, loss = s.evaluate(defense, x_adv, c.seed, denoising_loss=loss_wanted)
+            extra: dict[str, Any] = {}
+            if isinstance(c.attack, AttackSuite):
+                out = evaluate_suite(s, c.attack, defense, clean, c.seed,
+                                     c.attack.eot or s.eot)
+                robust, loss = out.robust, None
+                extra["suite"] = {"members": out.members, "first_break": out.first_break}
+            else:
+                robust, loss = self._attack_cell(s, c, defense)
             self.store.add(self._result(s, c, defense, clean, robust, loss,
-                                        time.perf_counter() - t1 + setup / len(todo)))
+                                        time.perf_counter() - t1 + setup / len(todo), extra))
             log.info("%s/%s/%s %s %s eps=%.4g: robust accuracy %.4f", s.info.name, s.model_name,
                      d_name, c.attack.name, c.threat.value, c.eps, float(robust.float().mean()))
 
+    def _attack_cell(self, s: Session, c: Cell,
+                     defense: Defense) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One attack's cell: its adversarial set against the cell's attacked model (shared
+        between defenses when the threat ignores the defense), judged by the defended
+        pipeline."""
+        source = s.source if c.threat is Threat.TRANSFER else None
+        eot = eot_draws(c.threat, defense, s.eot, c.attack.gradient_free)
+        target, target_key = attacked_model(c.threat, s.classifier, defense, source, eot)
+        if target_key.startswith("defense:"):
+            target_key += ":" + stable_hash(s.defense_id(c.defense))
+        x_adv = s.adversarial(c.attack, target, target_key)
+        loss_wanted = defense.kind == PREPROCESSOR and not defense.identity
+        return s.evaluate(defense, x_adv, c.seed, denoising_loss=loss_wanted)
+
     def _result(self, s: Session, c: Cell, defense: Defense, clean: torch.Tensor,
-                robust: torch.Tensor, loss: torch.Tensor | None, wall: float) -> CellResult:
+                robust: torch.Tensor, loss: torch.Tensor | None, wall: float,
+                extra: dict[str, Any]) -> CellResult:
         meta = {**defense.metadata(), "fit": s.fit_meta(c.defense),
                 "classifier": s.target.meta, "gradient_free": c.attack.gradient_free,
-                "evaluation_seed": c.seed}
+                "evaluation_seed": c.seed, **extra,
+                **{k: c.config[k] for k in ("eot", "eval_draws", "source") if k in c.config}}
         if defense.kind == MODEL:
             meta["replaces_classifier"] = True
         return CellResult(

@@ -33,6 +33,7 @@ from bench.defense import (
     fit_or_load,
     weights_key,
 )
+from bench.errors import ConfigError
 from bench.models import LoadedModel, PendingClassifier, recipe_options
 from bench.options import check_scopes, scoped
 from bench.registry import ATTACKS, DEFENSES, accepted_options
@@ -75,7 +76,8 @@ class Session:
                  batch_size: int = 250, defense_opts: dict[str, Any] | None = None,
                  model_opts: dict[str, Any] | None = None, fit_images: int | None = None,
                  attack_opts: dict[str, Any] | None = None, alpha: float | None = None,
-                 targeted: str | None = None) -> None:
+                 targeted: str | None = None, source_model: str | None = None, eot: int = 20,
+                 eval_draws: int = 10) -> None:
         self.dataset = (dataset if isinstance(dataset, BenchDataset)
                         else get_dataset(dataset, root=data_root, download=download))
         self.info = self.dataset.info
@@ -90,6 +92,7 @@ class Session:
         self.attack_opts = dict(attack_opts or {})
         self.alpha, self.targeted = alpha, targeted
         self.fit_images = fit_images
+        self.source_model, self.eot, self.eval_draws = source_model, int(eot), int(eval_draws)
         self._built: dict[str, Defense] = {}
         self._defenses: dict[str, Defense] = {}
         self._fit_meta: dict[str, dict[str, Any]] = {}
@@ -106,14 +109,16 @@ class Session:
                    cache=cache, data_root=cfg.data_root, download=cfg.download,
                    batch_size=cfg.batch_size, defense_opts=cfg.defense_opts,
                    model_opts=cfg.model_opts, fit_images=cfg.fit_images,
-                   attack_opts=cfg.attack_opts, alpha=cfg.alpha, targeted=cfg.targeted)
+                   attack_opts=cfg.attack_opts, alpha=cfg.alpha, targeted=cfg.targeted,
+                   source_model=cfg.source_model, eot=cfg.eot, eval_draws=cfg.eval_draws)
 
     # -- checks before anything runs ----------------------------------------------------------
     def validate(self, defenses: tuple[str, ...] | list[str] = (),
                  attacks: tuple[str, ...] | list[str] = (),
-                 eps: tuple[float, ...] | list[float] = ()) -> None:
+                 eps: tuple[float, ...] | list[float] = (), source: bool = False) -> None:
         """Check everything this session will use, before anything is trained: the data files,
-        every option (scopes, names, types, values) and every plugin's construction.
+        every option (scopes, names, types, values) and every plugin's construction (the members
+        of an attack suite too); with ``source``, the transfer source model.
 
         Raises:
             BenchError: one line saying what is wrong and how to fix it.
@@ -129,7 +134,11 @@ class Session:
                 trains |= self.built(name).needs_training
         for name in attacks:
             for e in eps or (self.info.default_eps,):
-                self.attack(name, e)
+                attack = self.attack(name, e)
+                attack.describe()  # a suite builds (and so checks) its members here
+                source |= any(m.threat == "transfer" for m in getattr(attack, "plan", list)())
+        if source:
+            trains |= not self.pending_source.spec["pretrained"]
         self.dataset.check(SPLITS if trains else (SPLIT,))  # nothing trains: test split only
 
     # -- data and models ----------------------------------------------------------------------
@@ -178,6 +187,40 @@ class Session:
     def surrogates(self) -> list[LoadedModel]:
         """The dataset's other models with their weights (trained and cached if needed)."""
         return [p.load() for p in self.pending_surrogates]
+
+    @cached_property
+    def source_name(self) -> str:
+        """The transfer threat's source model: ``--source-model``, else the dataset's first
+        model other than the target."""
+        if self.source_model:
+            name = self.source_model
+        else:
+            others = [m for m in self.info.models if m != self.model_name]
+            if not others:
+                raise ConfigError(f"The transfer threat needs a second model and {self.info.name} "
+                                  f"lists only {self.model_name}: pass --source-model NAME.")
+            name = others[0]
+        if name == self.model_name:
+            others = ", ".join(m for m in self.info.models if m != name) or "another model"
+            raise ConfigError(f"--source-model {name} is the target model itself: a transfer "
+                              f"attack is crafted on another model (e.g. {others}).")
+        return name
+
+    @cached_property
+    def pending_source(self) -> PendingClassifier:
+        """The transfer source, built (its weight key known), not yet loaded or trained."""
+        for p in self.pending_surrogates:
+            if p.name == self.source_name:
+                return p
+        return PendingClassifier(self.source_name, self.dataset, cache=self.cache,
+                                 device=self.device, seed=self.seed,
+                                 **self._model_opts(self.source_name, False))
+
+    @property
+    def source(self) -> tuple[nn.Module, str]:
+        """The transfer source model with its weights (trained and cached if needed), and its
+        weight key."""
+        return self.pending_source.load().model, self.pending_source.key
 
     @property
     def classifier(self) -> nn.Module:
@@ -301,8 +344,10 @@ class Session:
             def make() -> dict[str, torch.Tensor]:
                 return {"x": self._generate(attack, target)}
 
-            if target_id == "classifier":
-                name = f"{self.info.name}-{self.model_name}-{attack.name}"
+            if not target_id.startswith("defense:"):  # oblivious or transfer: no defense in it
+                model = (self.source_name if target_id.startswith("source:")
+                         else self.model_name)
+                name = f"{self.info.name}-{model}-{attack.name}"
                 tensors = self.cache.memo_tensors("adversarial", name, key, make, validate)
             else:
                 tensors = make()
@@ -319,46 +364,66 @@ class Session:
         """The attack on the slice, batch by batch; batch ``i`` is seeded ``seed * 100003 + i``,
         so a set depends on the seed and the batch size, not on what ran before it."""
         x, y = self.test
+        return self.craft(attack, target, x, y, lambda i: self.seed * 100003 + i)
+
+    def craft(self, attack: Attack, target: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              seed_of: Any) -> torch.Tensor:
+        """``attack`` on images ``x`` (N x C x H x W in [0,1], CPU) with labels ``y``, batch by
+        batch, batch ``i`` seeded ``seed_of(i)``; each batch validated (CPU result)."""
         out = []
         bar = progress(list(batches(len(x), self.batch_size)),
                        desc=f"{attack.name} eps={attack.eps:.4g}")
         for i, idx in enumerate(bar):
             out.append(attack(target, x[idx].to(self.device), y[idx].to(self.device),
-                              seed=self.seed * 100003 + i).cpu())
-        return torch.cat(out)
+                              seed=seed_of(i)).cpu())
+        return torch.cat(out) if out else x.clone()
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, defense: Defense, x_in: torch.Tensor, seed: int,
-                 denoising_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The defended pipeline on ``x_in`` (the slice's clean or adversarial images, N x C x H x
-        W in [0,1]): per-image correctness (bool, N) and, when asked and the defense is a
-        preprocessor, its per-image denoising loss against the clean images (from the same
-        forward pass).
+    def draws(self, defense: Defense) -> int:
+        """Forward passes per image when ``defense`` is evaluated: ``eval_draws`` for a
+        randomized defense, else 1."""
+        return self.eval_draws if defense.randomized and not defense.identity else 1
 
-        Batch ``i`` runs with torch's RNG seeded from ``(seed, i)``, isolated from the caller's,
-        so a randomized defense gives the same result for the same ``seed`` whatever ran before.
+    def evaluate(self, defense: Defense, x_in: torch.Tensor, seed: int,
+                 denoising_loss: bool = False, index: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The defended pipeline on ``x_in`` (the slice's clean or adversarial images, N x C x H x
+        W in [0,1]; with ``index``, the images of the slice at those positions): per-image
+        correctness (bool, N) and, when asked and the defense is a preprocessor, its per-image
+        denoising loss against the clean images (from the same forward pass).
+
+        A randomized defense is run :meth:`draws` times per image; an image is correct only when
+        every draw classifies it correctly (what an attacker who may query again sees); the loss
+        is the first draw's. Draw ``r`` of batch ``i`` runs with torch's RNG seeded from ``(seed,
+        i, r)``, isolated from the caller's, so a randomized defense gives the same result for
+        the same ``seed`` whatever ran before.
         """
         x_clean, y = self.test
+        rows = torch.arange(len(y)) if index is None else index
         classifier = self.classifier.eval()  # loaded (or trained) outside no_grad
         defense.eval()
         correct, losses = [], []
         with rng_isolated(self.device), torch.no_grad():
             for i, idx in enumerate(batches(len(x_in), self.batch_size)):
-                torch.manual_seed(derive_seed(seed, i))
-                xb = x_in[idx].to(self.device)
-                if defense.identity:
-                    logits = classifier(xb)
-                elif defense.kind == MODEL:
-                    logits = defense(xb)
-                else:
-                    x_hat = check_finite(defense(xb), "the defense")
-                    logits = classifier(x_hat)
-                    if denoising_loss:
-                        losses.append(defense.denoising_loss(
-                            x_hat, x_clean[idx].to(self.device)).float().cpu())
-                check_finite(logits, "the evaluated model")
-                correct.append(logits.argmax(1).cpu() == y[idx])
-        return torch.cat(correct), (torch.cat(losses) if losses else None)
+                xb, where = x_in[idx].to(self.device), rows[idx]
+                ok = torch.ones(len(where), dtype=torch.bool)
+                for r in range(self.draws(defense)):
+                    torch.manual_seed(derive_seed(seed, i, r) if r else derive_seed(seed, i))
+                    if defense.identity:
+                        logits = classifier(xb)
+                    elif defense.kind == MODEL:
+                        logits = defense(xb)
+                    else:
+                        x_hat = check_finite(defense(xb), "the defense")
+                        logits = classifier(x_hat)
+                        if denoising_loss and r == 0:
+                            losses.append(defense.denoising_loss(
+                                x_hat, x_clean[where].to(self.device)).float().cpu())
+                    check_finite(logits, "the evaluated model")
+                    ok &= logits.argmax(1).cpu() == y[where]
+                correct.append(ok)
+        empty = torch.zeros(0, dtype=torch.bool)
+        return (torch.cat(correct) if correct else empty), (torch.cat(losses) if losses else None)
 
     @torch.no_grad()
     def apply(self, defense: Defense, x: torch.Tensor) -> torch.Tensor:

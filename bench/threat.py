@@ -5,7 +5,12 @@
   depend on the defense, so they are computed once per (attack, classifier, data slice) and
   reused for every defense.
 * ``whitebox``: adaptive; the attack differentiates through the whole defended pipeline, with
-  BPDA through non-differentiable steps (each defense's ``attack_forward``).
+  BPDA through non-differentiable steps (each defense's ``attack_forward``) and Expectation over
+  Transformation (:class:`EOT`) through a randomized defense.
+* ``transfer``: the attack is crafted on a *source* model other than the target (the dataset's
+  second model by default, ``--source-model``) with no knowledge of the defense (Liao et al.'s
+  Table 4 setting; Papernot et al.'s black-box transfer). Like oblivious sets, transfer sets are
+  computed once per (attack, source, slice) and reused for every defense.
 
 The evaluated model is always the defended pipeline (:meth:`bench.session.Session.evaluate`).
 """
@@ -24,6 +29,7 @@ from bench.errors import ConfigError
 class Threat(str, Enum):
     OBLIVIOUS = "oblivious"
     WHITEBOX = "whitebox"
+    TRANSFER = "transfer"
 
     @classmethod
     def parse(cls, value: str | Threat) -> Threat:
@@ -33,6 +39,10 @@ class Threat(str, Enum):
         except ValueError:
             names = ", ".join(t.value for t in cls)
             raise ConfigError(f"Unknown threat model {value!r}: use one of {names}.") from None
+
+
+#: What ``run`` crosses when ``--threat`` is not given (transfer needs a second model: asked for).
+DEFAULT_THREATS = (Threat.OBLIVIOUS, Threat.WHITEBOX)
 
 
 class Pipeline(nn.Module):
@@ -55,17 +65,69 @@ class Pipeline(nn.Module):
         return self.classifier(x_hat)
 
 
-def attacked_model(threat: Threat, classifier: nn.Module,
-                   defense: Defense) -> tuple[nn.Module, str]:
+class EOT(nn.Module):
+    """Expectation over Transformation (Athalye, Carlini and Wagner, ICML 2018, sec. 4.3) of a
+    randomized model: ``log E_t[softmax(model_t(x))]`` estimated with ``draws`` independent
+    forward passes (each draws the defense's randomness from torch's global RNG).
+
+    An attack that ascends a loss of these log-probabilities attacks the expected prediction; its
+    input gradient, ``sum_t grad p_t / sum_t p_t`` for the cross-entropy, is the gradient of the
+    average over draws of the probabilities (the gradient estimate of EOT for the expected
+    classifier; one forward and backward pass per draw, as AutoAttack's ``eot_iter``). The
+    output is a valid logit vector (softmax gives the averaged probabilities), so every attack
+    and loss (cross-entropy, DLR, margin) takes it unchanged.
+
+    Args:
+        model: the randomized pipeline, images N x C x H x W in [0,1] -> logits N x K.
+        draws: forward passes averaged per call (>= 1).
+    """
+
+    def __init__(self, model: nn.Module, draws: int) -> None:
+        super().__init__()
+        if int(draws) != draws or draws < 1:
+            raise ConfigError(f"eot={draws!r}: use a positive number of draws, e.g. --eot 20.")
+        self.model = model
+        self.draws = int(draws)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = sum(torch.softmax(self.model(x).float(), dim=1) for _ in range(self.draws))
+        return torch.log((probs / self.draws).clamp_min(1e-30))
+
+
+def eot_draws(threat: Threat, defense: Defense, draws: int, gradient_free: bool = False) -> int:
+    """How many draws an attack of ``threat`` averages over: ``draws`` for a gradient attack
+    through a randomized defense under whitebox, else 1 (no EOT)."""
+    if threat is Threat.WHITEBOX and defense.randomized and not defense.identity \
+            and not gradient_free:
+        return int(draws)
+    return 1
+
+
+def attacked_model(threat: Threat, classifier: nn.Module, defense: Defense,
+                   source: tuple[nn.Module, str] | None = None,
+                   eot: int = 1) -> tuple[nn.Module, str]:
     """The model the attack differentiates, and a key naming it for reuse of adversarial sets.
 
     Two threats that attack the same model share the key (e.g. the undefended baseline under
     ``oblivious`` and ``whitebox``), so their adversarial examples are computed once.
+
+    Args:
+        source: ``(model, key)`` of the transfer source (needed for ``transfer``).
+        eot: draws of :class:`EOT` around the defended pipeline (whitebox; 1 = none), as given
+            by :func:`eot_draws`.
     """
+    if threat is Threat.TRANSFER:
+        if source is None:
+            raise ConfigError("The transfer threat needs a source model: pass --source-model "
+                              "NAME (a model of the dataset other than the target).")
+        return source[0], f"source:{source[1]}"
     if threat is Threat.OBLIVIOUS or defense.identity:
         return classifier, "classifier"
     name = getattr(defense, "registry_name", type(defense).__name__)
-    return Pipeline(classifier, defense, adaptive=True), f"defense:{name}"
+    model: nn.Module = Pipeline(classifier, defense, adaptive=True)
+    if eot > 1:
+        return EOT(model, eot), f"defense:{name}:eot{eot}"
+    return model, f"defense:{name}"
 
 
 def uses_bpda(threat: Threat, defense: Defense, gradient_free: bool = False) -> bool:

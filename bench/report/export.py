@@ -44,6 +44,10 @@ def _display(wide: pd.DataFrame) -> pd.DataFrame:
         key = f"{row['dataset']}/{row['model']}/{row['defense']}"
         out.at[i, "n"] = str(row["n"])
         out.at[i, "clean_acc"] = _pct(row["clean_acc"])
+        for col in wide.attrs.get("headline_columns", []):
+            out.at[i, col] = _pct(row[col])
+        for col in wide.attrs.get("covers_columns", []):
+            out.at[i, col] = str(int(row[col])) if row[col] else "–"
         for col in wide.attrs.get("attack_columns", []):
             mark = _BPDA_MARK if (key, col) in bpda else ""
             out.at[i, col] = _pct(row[col]) + mark
@@ -71,7 +75,10 @@ def caption(df: pd.DataFrame) -> str:
     return " ".join([
         f"Accuracy (%) of each defended classifier on n test images per cell "
         f"({'; '.join(parts)}). Attacks: {attacks}; threat models: {'; '.join(notes)}; "
-        f"columns are attack/threat@eps (L-inf radius on the [0,1] scale).", *marks,
+        f"columns are attack/threat@eps (L-inf radius on the [0,1] scale).",
+        *(["worst case@eps is the headline: the images correct clean and under every attack "
+           "and threat model stored for the row at that eps (attacks@eps: how many, a suite's "
+           "members counted); rows are sorted by it."] if len(df) else []), *marks,
         f"Produced by bench (git {revs}) on {date}."])
 
 
@@ -82,7 +89,21 @@ def to_markdown(wide: pd.DataFrame, text: str) -> str:
              "|" + "|".join("---" if c in ("dataset", "model", "defense", "kind") else "---:"
                             for c in shown.columns) + "|"]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False)]
-    return "\n".join(lines) + f"\n\n{text}\n"
+    return "\n".join(lines) + f"\n\n{text}\n" + breakdown_lines(wide)
+
+
+def breakdown_lines(wide: pd.DataFrame) -> str:
+    """The headline's breakdown as Markdown lines (empty when no row has a headline)."""
+    table = wide.attrs.get("breakdown")
+    if table is None or not len(table):
+        return ""
+    lines = ["", "Worst case, broken first by (images; wrong clean first, then the strongest "
+             "attack first):", ""]
+    for r in table.itertuples(index=False):
+        lines.append(f"- {r.dataset}/{r.model}/{r.defense} @{format_eps(r.eps)}: "
+                     f"{_pct(r.worst_case_acc)}% robust ({r.robust} of {r.n}, {r.attacks} "
+                     f"attacks); {r.broken_by}")
+    return "\n".join(lines) + "\n"
 
 
 def to_records(long: pd.DataFrame) -> list[dict[str, Any]]:
@@ -105,30 +126,12 @@ p.caption{max-width:60em;color:#555}img{max-width:100%;margin:1em 0;display:bloc
 
 
 def to_html(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None = None) -> str:
-    """A static self-contained page: wide table, worst case, long table, and the PNG plots found
-    under ``out_dir/plots`` (linked by relative path). Inline CSS, no scripts, no network."""
-    wide = leaderboard(df, baseline)
-    plots = sorted((out_dir / "plots").glob("*.png")) if out_dir is not None else []
-    worst = worst_case(df, baseline)
-    for col in ("worst_case_acc", "min_single_acc"):
-        worst[col] = worst[col].map(_pct)
-    worst["eps"] = worst["eps"].map(format_eps)
-    worst = worst.rename(columns={"worst_case_acc": "all attacks (%)",
-                                  "min_single_acc": "strongest single attack (%)"})
-    body = [
-        "<h1>Adversarial defense leaderboard</h1>",
-        f'<p class="caption">{html.escape(caption(df))}</p>',
-        _display(wide).to_html(index=False, na_rep="–"),
-        "<h2>All-or-nothing (correct under every attack)</h2>",
-        worst.to_html(index=False, na_rep="–"),
-        "<h2>Plots</h2>" if plots else "",
-        *(f'<img src="plots/{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in plots),
-        "<h2>Every cell</h2>",
-        long_table(df, baseline).to_html(index=False, na_rep="–", float_format="%.4g"),
-    ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>bench leaderboard</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+    """The self-contained leaderboard page (:func:`bench.report.page.build_page`): the wide table
+    with the headline first, flags and legend, breakdown, one detail view per row, the PNG plots
+    under ``out_dir/plots`` embedded, and every cell; sortable tables, no network."""
+    from bench.report.page import build_page  # the page imports this module (its caption)
+
+    return build_page(df, baseline, out_dir)
 
 
 def render(df: pd.DataFrame, fmt: str, out_dir: str | Path | None = None,

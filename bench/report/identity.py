@@ -52,8 +52,14 @@ def _settings(row: Any) -> dict[str, str]:
             and k != "defense_params"}
 
 
+# Attack-side settings a cell's configuration holds only where they apply (EOT draws, the
+# transfer source, a suite's members on that defense): they distinguish columns, not rows.
+_COLUMN_EXTRAS = ("eot", "source", "suite")
+
+
 def _is_column_setting(key: str) -> bool:
-    return key in _COLUMN_BASE or key.startswith("attack_params.")
+    return (key in _COLUMN_BASE or key.startswith("attack_params.")
+            or key.split(".", 1)[0] in _COLUMN_EXTRAS)
 
 
 def _show(key: str, value: str) -> str:

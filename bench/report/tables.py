@@ -1,5 +1,6 @@
-"""Leaderboard tables from the result store: wide (one row per defense), long (one row per cell),
-all-or-nothing worst case, and their Markdown / CSV / JSON / HTML exports.
+"""Leaderboard tables from the result store: wide (one row per defense, the per-image worst case
+first), long (one row per cell), all-or-nothing per threat, and their Markdown / CSV / JSON /
+HTML exports.
 
 Every function takes the DataFrame of :meth:`bench.store.Store.frame` (one row per cell). Rows
 are ordered per (dataset, model) with the baseline defense first, then the defenses in order of
@@ -28,6 +29,7 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.registry import natural_key
+from bench.report.headline import breakdown, covers_label, headline_label, headlines
 from bench.report.identity import identify
 from bench.threat import Threat
 
@@ -79,21 +81,26 @@ def _ordered(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
 
 
 def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """The wide leaderboard: one row per (dataset, model, defense) and distinguishing settings,
-    robust accuracy per column.
+    """The wide leaderboard: one row per (dataset, model, defense) and distinguishing settings;
+    the headline worst case per eps first, then robust accuracy per attack column.
 
     Args:
         df: cells as returned by ``Store.frame()``.
-        baseline: the defense shown first in each (dataset, model) block (e.g. the undefended
-            one); None keeps the order of first appearance.
+        baseline: the defense shown first in each (dataset, model) block, as the reference
+            (e.g. the undefended one); the other rows follow sorted by the first headline column,
+            highest first (ties keep the order of first appearance).
 
     Returns:
-        Columns ``dataset, model, defense, kind, clean_acc, n`` then one column per
-        distinguishable (attack, threat, eps, settings) labelled as :func:`identify` does,
+        Columns ``dataset, model, defense, kind, clean_acc, n``, then per eps the headline
+        ``worst case@EPS`` (the fraction of images correct clean and under every attack and
+        threat stored for the row at that eps, :mod:`bench.report.headline`) and ``attacks@EPS``
+        (how many attacks it covers, a suite's members counted), then one column per
+        distinguishable (attack, threat, eps, settings) labelled as :func:`identify` does;
         accuracies in [0, 1], NaN where a cell was not run. ``model`` and ``defense`` carry the
         settings that distinguish rows of the same names. Every stored cell has its own table
-        cell. ``attrs["bpda"]`` lists ``[row key, column]`` pairs whose attack used BPDA, the row
-        key being ``dataset/model/defense`` as shown.
+        cell. ``attrs``: ``attack_columns``, ``headline_columns``, ``bpda`` (``[row key,
+        column]`` pairs whose attack used BPDA, the row key being ``dataset/model/defense`` as
+        shown) and ``breakdown`` (:func:`bench.report.headline.breakdown`).
 
     Raises:
         ConfigError: ``df`` is empty.
@@ -101,20 +108,38 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     cells = identify(_ordered(_require(df), baseline))
     columns = list(dict.fromkeys(cells.sort_values(["_a", "_t", "norm", "eps"],
                                                    kind="stable")["_label"]))
-    rows, bpda = [], []
-    for _, g in cells.groupby("_row", sort=False):
+    eps_list = sorted(set(cells["eps"].astype(float)))
+    heads = headlines(cells)
+    head_cols = [c for e in eps_list for c in (headline_label(e), covers_label(e))]
+    rows, bpda, raw_defense = [], [], []
+    for row_key, g in cells.groupby("_row", sort=False):
         first = g.iloc[0]
+        raw_defense.append(first["defense"])
         key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
         row = {"dataset": first["dataset"], "model": first["_model"],
                "defense": first["_defense"], "kind": first["defense_kind"],
                "clean_acc": float(g["clean_acc"].mean()), "n": int(first["n"])}
+        for e in eps_list:
+            h = heads.get((row_key, e))
+            row[headline_label(e)] = h["acc"] if h else float("nan")
+            row[covers_label(e)] = len(h["attacks"]) if h else 0
         row.update({c: float("nan") for c in columns})
         row.update(dict(zip(g["_label"], g["robust_acc"].astype(float), strict=True)))
         rows.append(row)
         bpda += [[key, label] for label in g.loc[g["bpda"].astype(bool), "_label"]]
     wide = pd.DataFrame(rows, columns=["dataset", "model", "defense", "kind", "clean_acc", "n",
-                                       *columns])
-    wide.attrs.update(attack_columns=columns, bpda=bpda)
+                                       *head_cols, *columns])
+    if len(wide) and eps_list:
+        first_head = headline_label(eps_list[0])
+        block = wide.groupby(["dataset", "model"], sort=False).ngroup()
+        pinned = [0 if d == baseline else 1 for d in raw_defense]
+        wide = (wide.assign(_b=block, _p=pinned, _h=-wide[first_head].fillna(-1.0))
+                .sort_values(["_b", "_p", "_h"], kind="stable")
+                .drop(columns=["_b", "_p", "_h"]).reset_index(drop=True))
+    wide.attrs.update(attack_columns=columns, bpda=bpda,
+                      headline_columns=[headline_label(e) for e in eps_list],
+                      covers_columns=[covers_label(e) for e in eps_list],
+                      breakdown=breakdown(cells))
     return wide
 
 

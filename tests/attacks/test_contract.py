@@ -20,11 +20,11 @@ from bench.errors import ConfigError
 from bench.registry import ATTACKS
 from tests.attacks.helpers import accuracy
 
-SMALL = {"steps": 2, "n_queries": 20, "n_restarts": 1}
+SMALL = {"steps": 2, "n_queries": 20, "n_restarts": 1, "restarts": 1}
 # The strength test's budgets: SMALL's are too small to attack at all for some attacks (PGD's
 # default step is eps/10, so 2 steps move at most 0.2*eps from its random start; Square's 20
 # queries flip few labels). These still run every attack in well under a second here.
-STRONG = {"steps": 10, "n_queries": 300, "n_restarts": 1}
+STRONG = {"steps": 10, "n_queries": 300, "n_restarts": 1, "restarts": 1}
 EPS = 0.1
 # At EPS the strength test is generous yet meaningful on :func:`train_logistic`'s images: twice
 # the 0.05 at which a gradient attack already flips most labels, while random-sign noise of the

@@ -54,14 +54,16 @@ def frame(tmp_path: Path) -> pd.DataFrame:
 
 def test_leaderboard_shape_and_order(frame: pd.DataFrame) -> None:
     wide = leaderboard(frame, baseline="none")
-    # cells over different images (n) are different rows: never combined, never hidden
+    # cells over different images (n) are different rows: never combined, never hidden; the
+    # baseline first, then the rows by their headline worst case, highest first
     assert list(zip(wide["defense"], wide["n"], strict=True)) == [
-        ("none", 4), ("none", 2), ("dunet", 4), ("advtrain", 4), ("advtrain", 8)]
+        ("none", 4), ("none", 2), ("advtrain", 8), ("advtrain", 4), ("dunet", 4)]
     attack_cols = ["fgsm/oblivious@8/255", "fgsm/oblivious@0.3", "fgsm/whitebox@8/255",
                    "ifgsm4/oblivious@8/255", "pgd10/whitebox@8/255", "pgd100/oblivious@8/255",
                    "pgd100/whitebox@8/255"]
+    heads = ["worst case@8/255", "attacks@8/255", "worst case@0.3", "attacks@0.3"]
     assert list(wide.columns) == ["dataset", "model", "defense", "kind", "clean_acc", "n",
-                                  *attack_cols]
+                                  *heads, *attack_cols]
     dunet = wide.set_index("defense").loc["dunet"]
     assert dunet["pgd100/whitebox@8/255"] == pytest.approx(0.25)
     assert dunet["fgsm/oblivious@8/255"] == pytest.approx(0.75)
@@ -70,8 +72,8 @@ def test_leaderboard_shape_and_order(frame: pd.DataFrame) -> None:
 
 
 def test_leaderboard_without_baseline_keeps_first_appearance(frame: pd.DataFrame) -> None:
-    assert list(leaderboard(frame)["defense"]) == ["dunet", "none", "none", "advtrain",
-                                                   "advtrain"]
+    assert list(leaderboard(frame)["defense"]) == ["advtrain", "advtrain", "dunet", "none",
+                                                   "none"]
 
 
 def test_every_stored_number_is_visible(frame: pd.DataFrame) -> None:
@@ -134,8 +136,8 @@ def test_defense_options_that_differ_label_their_rows(tmp_path: Path) -> None:
     cells.append(_with(_cell("none", "fgsm", "oblivious", [0, 0, 0, 0]), "n0",
                        defense_params={"input_shape": [1, 28, 28]}))
     wide = leaderboard(_variant(tmp_path, cells), baseline="none")
-    assert list(wide["defense"]) == ["none", "jpeg (quality=50)", "jpeg (quality=75)"]
-    assert list(wide["fgsm/oblivious@8/255"]) == pytest.approx([0.0, 0.25, 0.5])
+    assert list(wide["defense"]) == ["none", "jpeg (quality=75)", "jpeg (quality=50)"]
+    assert list(wide["fgsm/oblivious@8/255"]) == pytest.approx([0.0, 0.5, 0.25])
     long = long_table(_variant(tmp_path, cells))
     assert set(long["row"]) == {"digits/cnn/none", "digits/cnn/jpeg (quality=50)",
                                 "digits/cnn/jpeg (quality=75)"}
@@ -183,7 +185,9 @@ def test_markdown_has_percentages_and_caption(frame: pd.DataFrame) -> None:
     assert lines[0].startswith("| dataset | model | defense | kind | clean | n |")
     assert "| digits | cnn | none |" in lines[2]
     assert "25.0†" in md and "75.0" in md
-    assert "| digits | cnn | none | preprocessor | 100.0 | 2 |" in md
+    assert "| digits | cnn | none | preprocessor | 100.0 | 2 | – | – | 100.0 | 1 |" in md
+    assert "- digits/cnn/dunet @8/255: 25.0% robust (1 of 4, 4 attacks); clean 0, " \
+        "pgd100/whitebox@8/255 3" in md
     assert "n = 2–8" in md and "pgd100" in md and "whitebox" in md and "abc1234" in md
 
 
@@ -232,3 +236,36 @@ def test_errors(frame: pd.DataFrame, tmp_path: Path) -> None:
         render(empty, "md")
     with pytest.raises(ConfigError, match="python -m bench run"):
         leaderboard(empty)
+
+
+def test_headline_is_the_per_image_minimum_not_the_minimum_of_means(tmp_path: Path) -> None:
+    # two attacks at 50% each that break different images: nothing survives both; an image
+    # wrong clean never counts as robust, even where an attack leaves it "correct"
+    df = _variant(tmp_path, [
+        _cell("lgd", "pgd100", "whitebox", [1, 1, 0, 0]),
+        _cell("lgd", "square", "whitebox", [0, 0, 1, 1]),
+        _cell("bit", "pgd100", "whitebox", [1, 1, 1, 0], clean=[1, 1, 0, 1]),
+        _cell("bit", "square", "whitebox", [1, 1, 1, 1], clean=[1, 1, 0, 1])])
+    wide = leaderboard(df).set_index("defense")
+    assert wide.loc["lgd", "worst case@8/255"] == 0.0
+    assert wide.loc["bit", "worst case@8/255"] == pytest.approx(0.5)
+    assert wide.loc["bit", "attacks@8/255"] == 2
+    assert list(wide.index) == ["bit", "lgd"]
+    lines = dict(zip(wide.attrs["breakdown"]["defense"], wide.attrs["breakdown"]["broken_by"],
+                     strict=True))
+    assert lines["lgd"] == "clean 0, pgd100/whitebox@8/255 2, square/whitebox@8/255 2"
+    assert lines["bit"] == "clean 1, pgd100/whitebox@8/255 1"
+
+
+def test_a_suite_counts_as_its_members_and_attributes_images_to_them(tmp_path: Path) -> None:
+    suite = _cell("dunet", "adaptive", "whitebox", [0, 0, 0, 1, 0], clean=[1, 1, 1, 1, 0])
+    suite.metadata = {"suite": {"members": [{"label": "apgd-ce"}, {"label": "square"},
+                                            {"label": "noise"}],
+                                "first_break": [1, 2, 1, None, 0]}}
+    pgd = _cell("dunet", "pgd100", "whitebox", [1, 1, 1, 0, 1], clean=[1, 1, 1, 1, 0])
+    wide = leaderboard(_variant(tmp_path, [suite, pgd]))
+    assert wide.iloc[0]["worst case@8/255"] == 0.0
+    assert wide.iloc[0]["attacks@8/255"] == 4
+    assert wide.attrs["breakdown"].iloc[0]["broken_by"] == (
+        "clean 1, adaptive/whitebox@8/255:apgd-ce 2, adaptive/whitebox@8/255:square 1, "
+        "pgd100/whitebox@8/255 1")

@@ -1,0 +1,428 @@
+"""The leaderboard as one self-contained HTML page, the one ``python -m bench leaderboard --format
+html --out DIR`` writes to ``DIR/leaderboard.html``.
+
+Top to bottom: the caption; the wide table (the headline worst case first and emphasised, then
+the row's flags, then every attack column, ``†`` where the attack used BPDA and ``‡`` where it
+used EOT) with the legend of flags and marks; the headline's breakdown (which attack broke each
+image first); one collapsible detail view per row (its paper, resolved parameters, what was scaled
+down from the paper, its cells, provenance); the plots under ``DIR/plots/*.png``, embedded as
+data URIs; every cell, as in the CSV.
+
+Every table sorts when a header is clicked (a small inline script, numeric-aware). The page loads
+nothing: no network, no library, no file beside it. Two query parameters serve links and tests:
+``?sort=TABLE_ID:COLUMN[:desc]`` sorts a table on load (COLUMN counts from 0; the ids are
+``board``, ``breakdown`` and ``cells``) and ``?open=all`` expands every detail view.
+
+Example::
+
+    df = open_store(results_path(), must_exist=True).frame()
+    Path("site/leaderboard.html").write_text(build_page(df, "none", Path("site")))
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.config import format_eps
+from bench.errors import BenchError
+from bench.report.export import caption
+from bench.report.identity import identify
+from bench.report.tables import leaderboard, long_table, worst_case
+
+log = logging.getLogger(__name__)
+
+BPDA_MARK, EOT_MARK = "†", "‡"
+MARKS = {
+    BPDA_MARK: "BPDA: the defense is not differentiable, so the attack's gradients went through "
+               "it with the identity as the backward pass (Athalye et al., ICML 2018).",
+    EOT_MARK: "EOT: the attack averaged its gradients over draws of the randomized defense "
+              "(Expectation over Transformation; the cell's tooltip gives the draws).",
+}
+_PNG = b"\x89PNG\r\n\x1a\n"
+_URL = re.compile(r"https?://[^\s);\]]+")
+_SENTENCE_END = re.compile(r"(?<=\.)(?<!\bal\.)\s+(?=[A-Z])")  # not after "et al."
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any) -> float | None:
+    """``value`` as a float; None for what is not a number (NaN, None, text)."""
+    try:
+        return None if math.isnan(out := float(value)) else out
+    except (TypeError, ValueError):
+        return None
+
+
+def _pct(value: Any) -> str:
+    return "–" if (v := _num(value)) is None else f"{100 * v:.1f}"
+
+
+def _cell(text: str, value: Any = None, cls: str = "", title: str = "", tag: str = "td") -> str:
+    """One table cell; ``value`` (a number) is what the sort script compares."""
+    v = _num(value)
+    attrs = (f' data-v="{v!r}"' if v is not None else "") + (f' class="{cls}"' if cls else "") \
+        + (f' title="{_esc(title)}"' if title else "")
+    return f"<{tag}{attrs}>{text}</{tag}>"
+
+
+def _table(table_id: str, head: list[str], rows: Iterable[list[str]], cls: str = "") -> str:
+    """A sortable table of ready-made ``<th>`` / ``<td>`` cells."""
+    body = "\n".join(f"<tr>{''.join(r)}</tr>" for r in rows)
+    ident = f' id="{table_id}"' if table_id else ""
+    return (f'<div class="scroll"><table{ident} class="{f"sortable {cls}".strip()}">'
+            f"<thead><tr>{''.join(head)}</tr></thead><tbody>\n{body}\n</tbody></table></div>")
+
+
+def _row_key(row: Any) -> str:
+    return f"{row['dataset']}/{row['model']}/{row['defense']}"
+
+
+def _marks(wide: pd.DataFrame, cells: pd.DataFrame) -> dict[tuple[str, str], dict[str, str]]:
+    """``(row key, column) -> {mark: tooltip}`` for the cells that used BPDA or EOT."""
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for key, col in wide.attrs.get("bpda", []):
+        out.setdefault((key, col), {})[BPDA_MARK] = "gradients through BPDA"
+    for _, c in cells.iterrows():
+        draws = [d["eot"] for d in (c["config"], c["metadata"]) if isinstance(d, dict)
+                 and d.get("eot")]
+        if draws:
+            out.setdefault((c["_key"], c["_label"]), {})[EOT_MARK] = f"EOT over {draws[0]} draws"
+    return out
+
+
+def _head(wide: pd.DataFrame, flagged: bool) -> tuple[list[str], list[str]]:
+    """The wide table's columns in page order, and their header cells."""
+    heads = set(wide.attrs.get("headline_columns", []))
+    covers = set(wide.attrs.get("covers_columns", []))
+    first = [c for c in wide.columns if c in heads or c in covers]
+    cols = ["dataset", "model", "defense", *first, *(["flags"] if flagged else []),
+            "clean_acc", "n", "kind", *wide.attrs.get("attack_columns", [])]
+    tips = {"clean_acc": "clean accuracy (%)", "flags": "warnings about the evaluation"}
+    th = []
+    for c in cols:
+        cls = "headline" if c in heads else "covers" if c in covers else ""
+        tip = ("per-image worst case (%): correct clean and under every attack and threat model "
+               "stored for the row" if c in heads else "attacks the worst case covers"
+               if c in covers else tips.get(c, ""))
+        text = _esc("clean" if c == "clean_acc" else c).replace("/", "/<wbr>")
+        th.append(_cell(text.replace("@", "<wbr>@"), cls=cls, title=tip, tag="th"))
+    return cols, th
+
+
+def _flag(f: dict[str, Any], tip: bool = True, cls: str = "flag") -> str:
+    """A flag's code as a badge; ``tip``: its title and detail as the tooltip."""
+    title = f' title="{_esc(f.get("title", ""))}: {_esc(f.get("detail", ""))}"' if tip else ""
+    return f'<span class="{cls}"{title}>{_esc(f.get("code", "?"))}</span>'
+
+
+def _board(wide: pd.DataFrame, marks: dict[tuple[str, str], dict[str, str]],
+           flags: dict[str, list[dict[str, Any]]] | None) -> str:
+    """The wide table: one row per defense, the headline first."""
+    cols, th = _head(wide, flags is not None)
+    heads = set(wide.attrs.get("headline_columns", []))
+    covers = set(wide.attrs.get("covers_columns", []))
+    rows = []
+    for i, r in enumerate(wide.to_dict(orient="records")):
+        key, tds = _row_key(r), []
+        for c in cols:
+            if c == "defense":
+                tds.append(_cell(f'<a href="#row-{i}">{_esc(r[c])}</a>', cls="name"))
+            elif c == "flags":
+                tds.append(_cell(" ".join(map(_flag, (flags or {}).get(key, []))), cls="flags"))
+            elif c in ("dataset", "model", "kind"):
+                tds.append(_cell(_esc(r[c]), cls="name"))
+            elif c in covers or c == "n":
+                tds.append(_cell(str(int(r[c])) if r[c] else "–", r[c],
+                                 "covers" if c in covers else ""))
+            else:
+                m = marks.get((key, c), {})
+                tds.append(_cell(_pct(r[c]) + "".join(m), r[c], "headline" if c in heads else "",
+                                 "; ".join(m.values())))
+        rows.append(tds)
+    return _table("board", th, rows, "board")
+
+
+def _legend(flags: dict[str, list[dict[str, Any]]] | None, legend: dict[str, str],
+            used_marks: set[str]) -> str:
+    """The flags raised (and the checks that raised none) and the marks, explained."""
+    raised: dict[str, str] = {}
+    for found in (flags or {}).values():
+        for f in found:
+            raised.setdefault(str(f.get("code", "?")), str(f.get("title", "")))
+    items = [f"<dt>{_flag({'code': code}, False)}</dt><dd>{_esc(legend.get(code) or title)}</dd>"
+             for code, title in raised.items()]
+    items += [f"<dt>{_flag({'code': code}, False, 'flag unused')}</dt>"
+              f'<dd class="unused">{_esc(text)} (not raised)</dd>'
+              for code, text in legend.items() if code not in raised]
+    if flags is not None and not raised:
+        items.insert(0, "<dt>flags</dt><dd>No row raised a flag.</dd>")
+    items += [f"<dt>{_esc(m)}</dt><dd>{_esc(MARKS[m])}</dd>" for m in MARKS if m in used_marks]
+    return f'<dl class="legend">{"".join(items)}</dl>' if items else ""
+
+
+def _breakdown(wide: pd.DataFrame, df: pd.DataFrame, baseline: str | None) -> str:
+    """The headline's breakdown, then the all-or-nothing accuracy per threat model (collapsed)."""
+    table = wide.attrs.get("breakdown")
+    if table is None or not len(table):
+        return ""
+    th = [_cell(_esc(h), tag="th") for h in ("dataset", "model", "defense", "eps", "n",
+                                              "worst case (%)", "robust", "attacks",
+                                              "broken first by (images)")]
+    rows = [[_cell(_esc(r.dataset), cls="name"), _cell(_esc(r.model), cls="name"),
+             _cell(_esc(r.defense), cls="name"), _cell(_esc(format_eps(r.eps)), r.eps),
+             _cell(str(r.n), r.n), _cell(_pct(r.worst_case_acc), r.worst_case_acc, "headline"),
+             _cell(str(r.robust), r.robust), _cell(str(r.attacks), r.attacks),
+             _cell(_esc(r.broken_by), cls="text")] for r in table.itertuples(index=False)]
+    worst = worst_case(df, baseline)
+    for col in ("worst_case_acc", "min_single_acc"):
+        worst[col] = worst[col].map(_pct)
+    worst["eps"] = worst["eps"].map(format_eps)
+    worst = worst.rename(columns={"worst_case_acc": "all attacks (%)",
+                                  "min_single_acc": "strongest single attack (%)"})
+    return ("<h2 id=\"breakdown-h\">Breakdown of the worst case</h2><p class=\"note\">Every image "
+            "that is not robust, counted once: wrong clean first, then the attack that broke it, "
+            "strongest attack first (a suite's images go to the member that broke them "
+            "first).</p>" + _table("breakdown", th, rows)
+            + "<details><summary>All-or-nothing per threat model</summary>"
+            + worst.to_html(index=False, na_rep="–", classes="sortable", table_id="threats")
+            + "</details>")
+
+
+def paper(name: str) -> tuple[str, str]:
+    """The registered defense ``name``'s one-line summary (its class docstring's first line) and
+    citation (the first sentence of its module docstring's ``Paper:`` paragraph); empty strings
+    for a name no longer registered."""
+    from bench.registry import DEFENSES
+
+    try:
+        builder = DEFENSES.get(name).builder
+    except (BenchError, ImportError, KeyError):  # unregistered now, or its plugin fails to load
+        return "", ""
+    summary = (inspect.getdoc(builder) or "").strip().split("\n")[0]
+    module = sys.modules.get(getattr(builder, "__module__", ""))
+    for para in re.split(r"\n\s*\n", getattr(module, "__doc__", None) or ""):
+        text = " ".join(para.split())
+        if re.match(r"Papers?:", text):
+            return summary, _SENTENCE_END.split(text, maxsplit=1)[0]
+    return summary, ""
+
+
+def _linked(text: str) -> str:
+    """``text`` escaped, its URLs as links (followed only when clicked)."""
+    parts, pos = [], 0
+    for m in _URL.finditer(text):
+        url = _esc(m.group())
+        parts += [_esc(text[pos:m.start()]), f'<a href="{url}" rel="noreferrer">{url}</a>']
+        pos = m.end()
+    return "".join(parts) + _esc(text[pos:])
+
+
+def _merged(dicts: Iterable[Any]) -> dict[str, list[str]]:
+    """Per key, the distinct values (as compact JSON or text) over ``dicts``."""
+    out: dict[str, list[str]] = {}
+    for d in dicts:
+        for k, v in (d if isinstance(d, dict) else {}).items():
+            shown = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"),
+                                                              default=str)
+            if shown not in out.setdefault(str(k), []):
+                out[str(k)].append(shown)
+    return out
+
+
+def _codes(values: dict[str, list[str]], empty: str = "none") -> str:
+    return " ".join(f"<code>{_esc(k)}={_esc(' | '.join(v))}</code>" for k, v in values.items()) \
+        or empty
+
+
+def _scaled(g: pd.DataFrame) -> list[str]:
+    """What the row's cells record as scaled down from the paper."""
+    notes: list[str] = []
+    for meta in g["metadata"]:
+        meta = meta if isinstance(meta, dict) else {}
+        fit = meta.get("fit") if isinstance(meta.get("fit"), dict) else {}
+        texts = [v for k, v in meta.items() if "scaled" in k] + \
+            [fit[k] for k in fit if k == "scaled_from_paper"]
+        notes += [t if isinstance(t, str) else json.dumps(t, default=str) for t in texts
+                  if t not in (None, "", {}, [])]
+    return list(dict.fromkeys(notes))
+
+
+def _scalars(dicts: Iterable[Any], key: str) -> dict[str, list[str]]:
+    """The scalar facts under ``key`` of each metadata dict (e.g. training or classifier meta)."""
+    subs = [m.get(key) for m in dicts if isinstance(m, dict) and isinstance(m.get(key), dict)]
+    return {k: v for k, v in _merged(subs).items()
+            if "scaled" not in k and all(not s.startswith(("{", "[")) for s in v)}
+
+
+def _provenance(g: pd.DataFrame) -> str:
+    created = sorted(str(t) for t in g["created_at"])
+    facts = {
+        "git": ", ".join(sorted(set(g["git_rev"].astype(str)))),
+        "created": created[0] + (f" – {created[-1]}" if created[-1] != created[0] else ""),
+        "seed": ", ".join(map(str, sorted(set(g["seed"])))),
+        "n": ", ".join(map(str, sorted(set(g["n"])))),
+        "device": ", ".join(sorted(set(g["device"].astype(str)))) if "device" in g else "",
+    }
+    text = "; ".join(f"{k} {_esc(v)}" for k, v in facts.items() if v)
+    return f"{text}<br>versions: {_codes(_merged(g['versions']))}"
+
+
+def _row_cells(g: pd.DataFrame, marks: dict[tuple[str, str], dict[str, str]]) -> str:
+    """The row's cells: what ran, how, and what it scored."""
+    th = [_cell(h, tag="th") for h in ("column", "robust (%)", "clean (%)", "marks",
+                                        "suite members", "wall (s)")]
+    rows = []
+    for _, c in g.iterrows():
+        m = marks.get((c["_key"], c["_label"]), {})
+        members = (c["metadata"].get("suite") or {}).get("members", []) \
+            if isinstance(c["metadata"], dict) else []
+        rows.append([_cell(_esc(c["_label"]), cls="name"),
+                     _cell(_pct(c["robust_acc"]), c["robust_acc"]),
+                     _cell(_pct(c["clean_acc"]), c["clean_acc"]),
+                     _cell(_esc("; ".join(m.values()))),
+                     _cell(_esc(", ".join(str(x.get("label", x)) if isinstance(x, dict) else
+                                          str(x) for x in members)), cls="text"),
+                     _cell(f"{float(c['wall_time']):.1f}", c["wall_time"])])
+    return _table("", th, rows, "row-cells")
+
+
+def _detail(i: int, r: dict[str, Any], g: pd.DataFrame, found: list[dict[str, Any]],
+            marks: dict[tuple[str, str], dict[str, str]], heads: list[str]) -> str:
+    """One row's detail view."""
+    summary, cite = paper(str(g["defense"].iloc[0]))
+    scores = ", ".join(f"{h} {_pct(r[h])}%" for h in heads)
+    codes = " ".join(_flag(f, False) for f in found)
+    flag_items = "".join(f'<li>{_flag(f, False)} {_esc(f.get("title", ""))}: '
+                         f'{_esc(f.get("detail", ""))}</li>' for f in found)
+    scaled = _scaled(g)
+    facts = [
+        ("Paper", (_esc(summary) + (f"<br>{_linked(cite)}" if cite else ""))
+         or "not a registered defense now"),
+        ("Flags", f"<ul>{flag_items}</ul>" if found else ""),
+        ("Parameters", _codes(_merged(g["defense_params"]))),
+        ("Scaled down", "<br>".join(map(_esc, scaled)) or "nothing recorded"),
+        ("Training", _codes(_scalars(g["metadata"], "fit"), "")),
+        ("Classifier", _codes(_scalars(g["metadata"], "classifier"), "")),
+        ("Provenance", _provenance(g)),
+    ]
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts if v)
+    return (f'<details class="defense" id="row-{i}"><summary><b>{_esc(_row_key(r))}</b> '
+            f"<span class=\"score\">{_esc(scores)}</span> {codes}</summary>"
+            f"<dl>{dl}</dl>{_row_cells(g, marks)}</details>")
+
+
+def _plots(out_dir: Path | None) -> str:
+    """The PNG files under ``out_dir/plots``, embedded (files that are not PNG skipped)."""
+    figures = []
+    for path in sorted((out_dir / "plots").glob("*.png")) if out_dir is not None else []:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            log.warning("Plot %s not embedded: %s", path, exc)
+            continue
+        if not data.startswith(_PNG):
+            log.warning("Plot %s not embedded: not a PNG file", path)
+            continue
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        figures.append(f'<figure><img src="{uri}" alt="{_esc(path.stem)}">'
+                       f"<figcaption>{_esc(path.name)}</figcaption></figure>")
+    return "<h2 id=\"plots\">Plots</h2>" + "".join(figures) if figures else ""
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;line-height:1.4}
+table{border-collapse:collapse;margin:.5em 0;font-size:.88em}th,td{border:1px solid #ccc;
+padding:.25em .55em;text-align:right;white-space:nowrap}th{background:#eef0f3;cursor:pointer;
+position:sticky;top:0;white-space:normal;text-align:center;max-width:11em}
+th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
+td.name,td.text,.dataframe td:nth-child(-n+4){text-align:left}td.text{white-space:normal}
+th.headline{background:#f5d76e}td.headline{background:#fff4c9;font-weight:700;font-size:1.1em}
+.headline{border-left:2px solid #b8860b;border-right:2px solid #b8860b}.flag{display:inline-block;
+background:#c0392b;color:#fff;border-radius:3px;padding:0 .35em;font-size:.85em;font-weight:600;
+cursor:help}.flag.unused{background:#bbb}dd.unused{color:#888}dl.legend{display:grid;gap:.2em .8em;
+grid-template-columns:max-content 1fr;max-width:70em}dd{margin:0}details dl{display:grid;gap:.3em;
+grid-template-columns:9em 1fr}details.defense{border:1px solid #ddd;border-radius:4px;margin:.4em 0;
+padding:.4em .8em}summary{cursor:pointer}.score{color:#555;margin:0 .6em}.scroll{overflow-x:auto}
+p.caption,p.note{max-width:70em;color:#444}code{background:#f4f4f4;padding:0 .25em;font-size:.9em;
+margin-right:.3em}figure{margin:1em 0}img{max-width:100%}nav a{margin-right:1em}"""
+
+_SCRIPT = r"""(function(){function key(td){if(!td)return "";var v=td.getAttribute("data-v");
+if(v!==null)return +v;var t=td.textContent.trim(),s=t.replace(/[%†‡,]/g,"");if(t===""||t==="–")
+return "";return /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(s)?+s:t.toLowerCase();}
+function cmp(a,b){var na=typeof a==="number",nb=typeof b==="number";if(na&&nb)return a-b;
+if(na||nb)return na?-1:1;return a<b?-1:a>b?1:0;}
+function sortBy(t,col,desc){var body=t.tBodies[0];if(!body)return;var rows=Array.prototype.map.call(
+body.rows,function(r,i){return{r:r,k:key(r.cells[col]),i:i};});rows.sort(function(x,y){var bx=
+x.k==="",by=y.k==="";if(bx||by)return(bx-by)||x.i-y.i;var c=cmp(x.k,y.k);return(desc?-c:c)||x.i-y.i;
+});rows.forEach(function(x){body.appendChild(x.r);});Array.prototype.forEach.call(t.tHead.rows[0]
+.cells,function(th,j){th.removeAttribute("aria-sort");if(j===col)th.setAttribute("aria-sort",desc?
+"descending":"ascending");});}
+document.querySelectorAll("table.sortable").forEach(function(t){if(!t.tHead)return;
+Array.prototype.forEach.call(t.tHead.rows[0].cells,function(th,j){th.addEventListener("click",
+function(){sortBy(t,j,th.getAttribute("aria-sort")==="ascending");});});
+t.classList.add("sortable-ready");});var q=new URLSearchParams(location.search),
+s=(q.get("sort")||"").split(":"),st=s[0]&&document.getElementById(s[0]);
+if(st)sortBy(st,parseInt(s[1]||"0",10),s[2]==="desc");if(q.get("open")==="all")
+document.querySelectorAll("details").forEach(function(d){d.open=true;});
+function openHash(){var el=location.hash&&document.getElementById(location.hash.slice(1));
+if(el&&el.tagName==="DETAILS")el.open=true;}window.addEventListener("hashchange",openHash);
+openHash();})();"""
+
+
+def build_page(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None = None,
+               legend: dict[str, str] | None = None) -> str:
+    """The leaderboard page (see the module docstring), one self-contained HTML document.
+
+    Args:
+        df: cells as returned by ``Store.frame()``.
+        baseline: the defense shown first in each block (see :func:`leaderboard`).
+        out_dir: the folder the page is written to; its ``plots/*.png`` are embedded.
+        legend: flag code -> one-sentence explanation; default the wide table's
+            ``attrs["flag_legend"]`` (flags themselves come from ``attrs["flags"]``).
+
+    Raises:
+        ConfigError: ``df`` is empty.
+    """
+    wide = leaderboard(df, baseline)
+    cells = identify(df)
+    cells = cells.assign(_key=cells["dataset"] + "/" + cells["_model"] + "/" + cells["_defense"])
+    flags = wide.attrs.get("flags")
+    legend = dict(wide.attrs.get("flag_legend") or {}) if legend is None else legend
+    marks = _marks(wide, cells)
+    heads = wide.attrs.get("headline_columns", [])
+    details = [_detail(i, r, cells[cells["_key"] == _row_key(r)], (flags or {}).get(
+        _row_key(r), []), marks, heads) for i, r in enumerate(wide.to_dict(orient="records"))]
+    long = long_table(df, baseline)
+    body = [
+        "<h1>Adversarial defense leaderboard</h1>",
+        f'<p class="caption">{_esc(caption(df))}</p>',
+        '<nav><a href="#board">Leaderboard</a><a href="#breakdown-h">Breakdown</a>'
+        '<a href="#defenses">Defenses</a><a href="#plots">Plots</a><a href="#every">Every '
+        "cell</a></nav>",
+        _board(wide, marks, flags),
+        _legend(flags, legend, {m for v in marks.values() for m in v}),
+        _breakdown(wide, df, baseline),
+        '<h2 id="defenses">Defenses</h2>', *details,
+        _plots(out_dir),
+        f'<h2 id="every">Every cell</h2><details><summary>{len(long)} cells, one line each, as '
+        "in the CSV</summary>"
+        + long.to_html(index=False, na_rep="–", float_format="%.4g", classes="sortable",
+                       table_id="cells") + "</details>",
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>bench leaderboard</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
