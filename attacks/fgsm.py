@@ -50,6 +50,8 @@ class FGSM(TorchAttack):
     Example: ``python -m bench run --attack fgsm --eps 8/255``
     """
 
+    audit_role = "single-step"
+
     def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
                  seed: int = 0) -> None:
         check_alpha(alpha)

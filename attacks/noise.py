@@ -56,6 +56,7 @@ class RandomSignNoise(Attack):
 
     gradient_free = True
     baseline = True
+    audit_role = "noise"
 
     def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
                  seed: int = 0) -> None:

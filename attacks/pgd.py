@@ -65,6 +65,8 @@ class PGD(TorchAttack):
     Example: ``python -m bench run --attack pgd100 --eps 8/255``
     """
 
+    audit_role = "iterative"
+
     def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
                  seed: int = 0, steps: int = 10, random_start: bool = True,
                  restarts: int = 1) -> None:

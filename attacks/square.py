@@ -64,6 +64,7 @@ class Square(TorchAttack):
     """
 
     gradient_free = True
+    audit_role = "score-based"
 
     def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
                  seed: int = 0, n_queries: int = 5000, n_restarts: int = 1, p_init: float = 0.8,

@@ -79,6 +79,12 @@ class Attack(ABC):
     #: A control that is not expected to lower accuracy (random noise): the attack contract
     #: tests require every other attack to lower a trained model's accuracy, not this one.
     baseline: ClassVar[bool] = False
+    #: What ``bench audit`` uses the attack for, when anything: ``single-step`` (one gradient
+    #: step, compared with iterative ones), ``iterative`` (the gradient attack whose steps are
+    #: doubled, whose eps is swept, and which runs unbounded and as a transfer attack),
+    #: ``score-based`` (a gradient-free attack on the defended model's scores), ``noise`` (the
+    #: random control). The audit picks each role's registered variant (see bench/audit.py).
+    audit_role: ClassVar[str | None] = None
 
     def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
                  seed: int = 0) -> None:

@@ -17,10 +17,12 @@ from bench.config import (
     RunConfig,
     cache_dir,
     check_output_path,
+    parse_eps,
     parse_options,
     results_path,
     split_list,
 )
+from bench.data import get_dataset
 from bench.errors import BenchError, ConfigError
 from bench.registry import REGISTRIES
 from bench.runtime import set_quiet
@@ -105,6 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--defense", default="", help="comma list of defenses to fit too")
     train.add_argument("--retrain", action="store_true", help="ignore cached weights")
     train.set_defaults(func=cmd_train)
+
+    aud = sub.add_parser("audit", help="run the gradient-masking checks and print the checklist")
+    _common(aud)
+    aud.add_argument("--defense", required=True, help="comma list of defenses to audit")
+    aud.add_argument("--eps", default=None, help="one eps (default: the dataset's)")
+    aud.add_argument("--n", type=_positive_int, default=None, help="test images (default 200)")
+    aud.add_argument("--steps", type=_positive_int, default=100,
+                     help="iterations of the iterative attack (doubled by the convergence "
+                          "check; default 100)")
+    aud.add_argument("--n-queries", type=_positive_int, default=1000,
+                     help="queries of the score-based attack (default 1000)")
+    aud.add_argument("--eot", type=_positive_int, default=None,
+                     help="EOT draws through a randomized defense (default 20)")
+    aud.add_argument("--eval-draws", type=_positive_int, default=None,
+                     help="forward passes per image of a randomized defense (default 10)")
+    aud.add_argument("--source-model", default=None, help="the transfer attack's source model")
+    aud.add_argument("--attack-opt", action="append", metavar="[NAME.]KEY=VALUE")
+    aud.add_argument("--results", default=None, help="SQLite store (default results/bench.sqlite)")
+    aud.set_defaults(func=cmd_audit)
 
     lst = sub.add_parser("list", help="list registered plugins")
     lst.add_argument("what", choices=sorted(REGISTRIES))
@@ -227,6 +248,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     hashes = runner.run()
     print(render(store.frame(hashes), "md", baseline=runner.defenses()[0]))
     log.info("results stored in %s", store.path)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bench.audit import checklist, run_audit
+
+    cfg = _run_config(args, n=200)
+    eps = parse_eps(args.eps) if args.eps is not None else None
+    store = open_store(results_path(cfg.results))
+    found = run_audit(cfg, store, eps, steps=args.steps, n_queries=args.n_queries)
+    info = get_dataset(cfg.datasets[0], root=cfg.data_root).info
+    print(checklist(found, info.default_eps if eps is None else eps), end="")
+    log.info("cells and checks stored in %s", store.path)
     return 0
 
 

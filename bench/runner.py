@@ -261,6 +261,7 @@ class Runner:
                 extra: dict[str, Any]) -> CellResult:
         meta = {**defense.metadata(), "fit": s.fit_meta(c.defense),
                 "classifier": s.target.meta, "gradient_free": c.attack.gradient_free,
+                "audit_role": c.attack.audit_role,
                 "evaluation_seed": c.seed, **extra,
                 **{k: c.config[k] for k in ("eot", "eval_draws", "source") if k in c.config}}
         if defense.kind == MODEL:

@@ -8,6 +8,7 @@ and worst-case columns can be computed later.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -43,7 +44,23 @@ CREATE TABLE IF NOT EXISTS results (
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checks (
+    row_id TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, detail TEXT NOT NULL,
+    created_at TEXT NOT NULL, PRIMARY KEY (row_id, name)
+);
 """
+# The settings of a cell's configuration that name its column (the attack and how it ran), not
+# its row: the rest (dataset, slice, classifier, defense and its weights, seed, ...) is the row,
+# whose identity (:func:`row_id`) keys the audit's checks that are not attack cells.
+COLUMN_SETTINGS = ("attack", "attack_params", "threat", "norm", "eps", "eot", "source", "suite")
+
+
+def row_id(config: dict[str, Any]) -> str:
+    """The identity of the leaderboard row a cell of configuration ``config`` belongs to: a
+    digest of every setting but the attack's (:data:`COLUMN_SETTINGS`)."""
+    row = {k: v for k, v in config.items() if k not in COLUMN_SETTINGS}
+    text = json.dumps(row, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 _JSON_COLUMNS = ("attack_params", "defense_params", "versions", "config", "metadata")
 
 
@@ -143,6 +160,22 @@ class Store:
             )
             return cur.rowcount == 1
 
+    def add_check(self, row: str, name: str, value: float, detail: dict[str, Any]) -> None:
+        """Record check ``name`` of leaderboard row ``row`` (:func:`row_id`); kept if present."""
+        with self._connect() as con:
+            con.execute("INSERT OR IGNORE INTO checks VALUES (?, ?, ?, ?, ?)",
+                        (row, name, float(value), json.dumps(detail, sort_keys=True, default=str),
+                         datetime.now(timezone.utc).isoformat(timespec="seconds")))
+
+    def checks(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every stored check: row id -> name -> ``{"value": ..., **detail}``."""
+        with self._connect() as con:
+            rows = con.execute("SELECT row_id, name, value, detail FROM checks").fetchall()
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for row, name, value, detail in rows:
+            out.setdefault(row, {})[name] = {"value": value, **json.loads(detail)}
+        return out
+
     def frame(self, hashes: Iterable[str] | None = None) -> Any:
         """All rows (or those with ``hashes``) as a pandas DataFrame; JSON columns decoded."""
         import pandas as pd
@@ -156,7 +189,9 @@ class Store:
         for k in ("clean_correct", "robust_correct"):
             df[k] = df[k].map(lambda b: np.frombuffer(b, dtype=np.uint8).astype(bool))
         df["bpda"] = df["bpda"].astype(bool)
-        return df.reset_index(drop=True)
+        df = df.reset_index(drop=True)
+        df.attrs["checks"] = self.checks()  # the audit's checks, read with the cells
+        return df
 
 
 def open_store(path: str | os.PathLike[str], must_exist: bool = False) -> Store:

@@ -155,6 +155,7 @@ def evaluate_suite(s: Session, suite: AttackSuite, defense: Defense, clean: torc
         else:
             broken = idx
         described.append({**m.describe(attack), "eot": draws,
+                          "gradient_free": attack.gradient_free,
                           "bpda": uses_bpda(Threat(m.threat), defense, attack.gradient_free),
                           "attacked": len(idx), "broken": len(broken),
                           "wall_time": time.perf_counter() - t0})

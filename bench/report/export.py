@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
@@ -20,7 +19,6 @@ from bench.report.tables import (
     _threat_rank,
     leaderboard,
     long_table,
-    worst_case,
 )
 from bench.threat import Threat
 
@@ -29,6 +27,7 @@ _THREAT_NOTES = {
     Threat.WHITEBOX.value: "adaptive, through the whole defended pipeline",
 }
 _BPDA_MARK = "†"
+_EOT_MARK = "‡"
 
 
 def _pct(value: Any) -> str:
@@ -40,6 +39,7 @@ def _display(wide: pd.DataFrame) -> pd.DataFrame:
     """The wide table as strings: percentages, BPDA cells marked ``†``."""
     out = wide.astype(object).copy()
     bpda = {tuple(p) for p in wide.attrs.get("bpda", [])}
+    eot = {tuple(p) for p in wide.attrs.get("eot", [])}
     for i, row in wide.iterrows():
         key = f"{row['dataset']}/{row['model']}/{row['defense']}"
         out.at[i, "n"] = str(row["n"])
@@ -49,7 +49,8 @@ def _display(wide: pd.DataFrame) -> pd.DataFrame:
         for col in wide.attrs.get("covers_columns", []):
             out.at[i, col] = str(int(row[col])) if row[col] else "–"
         for col in wide.attrs.get("attack_columns", []):
-            mark = _BPDA_MARK if (key, col) in bpda else ""
+            mark = (_BPDA_MARK if (key, col) in bpda else "") + \
+                (_EOT_MARK if (key, col) in eot else "")
             out.at[i, col] = _pct(row[col]) + mark
     return out.rename(columns={"clean_acc": "clean"})
 
@@ -66,6 +67,8 @@ def caption(df: pd.DataFrame) -> str:
     revs = ", ".join(sorted(set(df["git_rev"].astype(str))))
     date = str(df["created_at"].max())[:10]
     marks = ([f"{_BPDA_MARK} gradients through BPDA."] if df["bpda"].astype(bool).any() else [])
+    if any(isinstance(c, dict) and "eot" in c for c in df["config"]):
+        marks.append(f"{_EOT_MARK} gradients averaged over random draws of the defense (EOT).")
     cells = identify(df)
     if ((cells["_label"] != cells["_column_base"]) | (cells["_model"] != cells["model"])
             | (cells["_defense"] != cells["defense"])).any():
@@ -89,7 +92,22 @@ def to_markdown(wide: pd.DataFrame, text: str) -> str:
              "|" + "|".join("---" if c in ("dataset", "model", "defense", "kind") else "---:"
                             for c in shown.columns) + "|"]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False)]
-    return "\n".join(lines) + f"\n\n{text}\n" + breakdown_lines(wide)
+    return ("\n".join(lines) + f"\n\n{text}\n" + breakdown_lines(wide) + flag_lines(wide))
+
+
+def flag_lines(wide: pd.DataFrame) -> str:
+    """The rows' gradient-masking flags with their numbers, and the legend of the codes shown
+    (empty when no row is flagged)."""
+    flagged = {k: v for k, v in wide.attrs.get("flags", {}).items() if v}
+    if not flagged:
+        return ""
+    legend = wide.attrs.get("flag_legend", {})
+    codes = sorted({f["code"] for fs in flagged.values() for f in fs}, key=list(legend).index)
+    lines = ["", "Flags (warnings that the evaluation may overstate robustness, not verdicts):",
+             ""]
+    lines += [f"- {key}: {f['code']} {f['detail']}" for key, fs in flagged.items() for f in fs]
+    lines += ["", "Legend: " + "; ".join(f"{c} = {legend.get(c, c)}" for c in codes) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def breakdown_lines(wide: pd.DataFrame) -> str:
@@ -116,13 +134,6 @@ def to_records(long: pd.DataFrame) -> list[dict[str, Any]]:
                 rec[col] = json.loads(rec[col])
         records.append(rec)
     return records
-
-
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f2f2f2}td:nth-child(-n+4){text-align:left}
-p.caption{max-width:60em;color:#555}img{max-width:100%;margin:1em 0;display:block}"""
 
 
 def to_html(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None = None) -> str:

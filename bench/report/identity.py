@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.config import format_eps
+from bench.store import COLUMN_SETTINGS
 
 
 def column_label(attack: str, threat: str, eps: float, norm: str | None = None) -> str:
@@ -52,14 +53,10 @@ def _settings(row: Any) -> dict[str, str]:
             and k != "defense_params"}
 
 
-# Attack-side settings a cell's configuration holds only where they apply (EOT draws, the
-# transfer source, a suite's members on that defense): they distinguish columns, not rows.
-_COLUMN_EXTRAS = ("eot", "source", "suite")
-
-
 def _is_column_setting(key: str) -> bool:
-    return (key in _COLUMN_BASE or key.startswith("attack_params.")
-            or key.split(".", 1)[0] in _COLUMN_EXTRAS)
+    """Attack-side settings (the attack, its parameters, and those a configuration holds only
+    where they apply: EOT draws, the transfer source, a suite's members) name columns."""
+    return key in _COLUMN_BASE or key.split(".", 1)[0] in COLUMN_SETTINGS
 
 
 def _show(key: str, value: str) -> str:

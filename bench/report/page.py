@@ -8,8 +8,9 @@ image first); one collapsible detail view per row (its paper, resolved parameter
 down from the paper, its cells, provenance); the plots under ``DIR/plots/*.png``, embedded as
 data URIs; every cell, as in the CSV.
 
-Every table sorts when a header is clicked (a small inline script, numeric-aware). The page loads
-nothing: no network, no library, no file beside it. Two query parameters serve links and tests:
+Every table sorts when a header is clicked (a small inline script, numeric-aware; it and the
+style sheet are in :mod:`bench.report._page_assets`). The page loads nothing: no network, no
+library, no file beside it. Two query parameters serve links and tests:
 ``?sort=TABLE_ID:COLUMN[:desc]`` sorts a table on load (COLUMN counts from 0; the ids are
 ``board``, ``breakdown`` and ``cells``) and ``?open=all`` expands every detail view.
 
@@ -37,6 +38,7 @@ import pandas as pd
 
 from bench.config import format_eps
 from bench.errors import BenchError
+from bench.report._page_assets import CSS, SCRIPT
 from bench.report.export import caption
 from bench.report.identity import identify
 from bench.report.tables import leaderboard, long_table, worst_case
@@ -343,45 +345,6 @@ def _plots(out_dir: Path | None) -> str:
     return "<h2 id=\"plots\">Plots</h2>" + "".join(figures) if figures else ""
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;line-height:1.4}
-table{border-collapse:collapse;margin:.5em 0;font-size:.88em}th,td{border:1px solid #ccc;
-padding:.25em .55em;text-align:right;white-space:nowrap}th{background:#eef0f3;cursor:pointer;
-position:sticky;top:0;white-space:normal;text-align:center;max-width:11em}
-th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
-td.name,td.text,.dataframe td:nth-child(-n+4){text-align:left}td.text{white-space:normal}
-th.headline{background:#f5d76e}td.headline{background:#fff4c9;font-weight:700;font-size:1.1em}
-.headline{border-left:2px solid #b8860b;border-right:2px solid #b8860b}.flag{display:inline-block;
-background:#c0392b;color:#fff;border-radius:3px;padding:0 .35em;font-size:.85em;font-weight:600;
-cursor:help}.flag.unused{background:#bbb}dd.unused{color:#888}dl.legend{display:grid;gap:.2em .8em;
-grid-template-columns:max-content 1fr;max-width:70em}dd{margin:0}details dl{display:grid;gap:.3em;
-grid-template-columns:9em 1fr}details.defense{border:1px solid #ddd;border-radius:4px;margin:.4em 0;
-padding:.4em .8em}summary{cursor:pointer}.score{color:#555;margin:0 .6em}.scroll{overflow-x:auto}
-p.caption,p.note{max-width:70em;color:#444}code{background:#f4f4f4;padding:0 .25em;font-size:.9em;
-margin-right:.3em}figure{margin:1em 0}img{max-width:100%}nav a{margin-right:1em}"""
-
-_SCRIPT = r"""(function(){function key(td){if(!td)return "";var v=td.getAttribute("data-v");
-if(v!==null)return +v;var t=td.textContent.trim(),s=t.replace(/[%†‡,]/g,"");if(t===""||t==="–")
-return "";return /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(s)?+s:t.toLowerCase();}
-function cmp(a,b){var na=typeof a==="number",nb=typeof b==="number";if(na&&nb)return a-b;
-if(na||nb)return na?-1:1;return a<b?-1:a>b?1:0;}
-function sortBy(t,col,desc){var body=t.tBodies[0];if(!body)return;var rows=Array.prototype.map.call(
-body.rows,function(r,i){return{r:r,k:key(r.cells[col]),i:i};});rows.sort(function(x,y){var bx=
-x.k==="",by=y.k==="";if(bx||by)return(bx-by)||x.i-y.i;var c=cmp(x.k,y.k);return(desc?-c:c)||x.i-y.i;
-});rows.forEach(function(x){body.appendChild(x.r);});Array.prototype.forEach.call(t.tHead.rows[0]
-.cells,function(th,j){th.removeAttribute("aria-sort");if(j===col)th.setAttribute("aria-sort",desc?
-"descending":"ascending");});}
-document.querySelectorAll("table.sortable").forEach(function(t){if(!t.tHead)return;
-Array.prototype.forEach.call(t.tHead.rows[0].cells,function(th,j){th.addEventListener("click",
-function(){sortBy(t,j,th.getAttribute("aria-sort")==="ascending");});});
-t.classList.add("sortable-ready");});var q=new URLSearchParams(location.search),
-s=(q.get("sort")||"").split(":"),st=s[0]&&document.getElementById(s[0]);
-if(st)sortBy(st,parseInt(s[1]||"0",10),s[2]==="desc");if(q.get("open")==="all")
-document.querySelectorAll("details").forEach(function(d){d.open=true;});
-function openHash(){var el=location.hash&&document.getElementById(location.hash.slice(1));
-if(el&&el.tagName==="DETAILS")el.open=true;}window.addEventListener("hashchange",openHash);
-openHash();})();"""
-
-
 def build_page(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None = None,
                legend: dict[str, str] | None = None) -> str:
     """The leaderboard page (see the module docstring), one self-contained HTML document.
@@ -406,17 +369,17 @@ def build_page(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | No
     details = [_detail(i, r, cells[cells["_key"] == _row_key(r)], (flags or {}).get(
         _row_key(r), []), marks, heads) for i, r in enumerate(wide.to_dict(orient="records"))]
     long = long_table(df, baseline)
+    breakdown, plots = _breakdown(wide, df, baseline), _plots(out_dir)
     body = [
         "<h1>Adversarial defense leaderboard</h1>",
         f'<p class="caption">{_esc(caption(df))}</p>',
-        '<nav><a href="#board">Leaderboard</a><a href="#breakdown-h">Breakdown</a>'
-        '<a href="#defenses">Defenses</a><a href="#plots">Plots</a><a href="#every">Every '
-        "cell</a></nav>",
+        "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t, shown in (
+            ("board", "Leaderboard", True), ("breakdown-h", "Breakdown", breakdown),
+            ("defenses", "Defenses", True), ("plots", "Plots", plots),
+            ("every", "Every cell", True)) if shown) + "</nav>",
         _board(wide, marks, flags),
         _legend(flags, legend, {m for v in marks.values() for m in v}),
-        _breakdown(wide, df, baseline),
-        '<h2 id="defenses">Defenses</h2>', *details,
-        _plots(out_dir),
+        breakdown, '<h2 id="defenses">Defenses</h2>', *details, plots,
         f'<h2 id="every">Every cell</h2><details><summary>{len(long)} cells, one line each, as '
         "in the CSV</summary>"
         + long.to_html(index=False, na_rep="–", float_format="%.4g", classes="sortable",
@@ -424,5 +387,5 @@ def build_page(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | No
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>bench leaderboard</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(b for b in body if b) + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
+            f"<title>bench leaderboard</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")

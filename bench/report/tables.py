@@ -29,6 +29,8 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.registry import natural_key
+from bench.report.flags import LEGEND
+from bench.report.flags import flags as row_flags
 from bench.report.headline import breakdown, covers_label, headline_label, headlines
 from bench.report.identity import identify
 from bench.threat import Threat
@@ -94,24 +96,28 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
         Columns ``dataset, model, defense, kind, clean_acc, n``, then per eps the headline
         ``worst case@EPS`` (the fraction of images correct clean and under every attack and
         threat stored for the row at that eps, :mod:`bench.report.headline`) and ``attacks@EPS``
-        (how many attacks it covers, a suite's members counted), then one column per
+        (how many attacks it covers, a suite's members counted), ``flags`` (comma list of the
+        row's gradient-masking flag codes, :mod:`bench.report.flags`), then one column per
         distinguishable (attack, threat, eps, settings) labelled as :func:`identify` does;
         accuracies in [0, 1], NaN where a cell was not run. ``model`` and ``defense`` carry the
         settings that distinguish rows of the same names. Every stored cell has its own table
         cell. ``attrs``: ``attack_columns``, ``headline_columns``, ``bpda`` (``[row key,
         column]`` pairs whose attack used BPDA, the row key being ``dataset/model/defense`` as
-        shown) and ``breakdown`` (:func:`bench.report.headline.breakdown`).
+        shown), ``breakdown`` (:func:`bench.report.headline.breakdown`), ``flags`` (row key ->
+        its flags with their numbers) and ``flag_legend`` (code -> meaning).
 
     Raises:
         ConfigError: ``df`` is empty.
     """
+    checks = df.attrs.get("checks", {}) if df is not None else {}
     cells = identify(_ordered(_require(df), baseline))
     columns = list(dict.fromkeys(cells.sort_values(["_a", "_t", "norm", "eps"],
                                                    kind="stable")["_label"]))
+    warnings = row_flags(cells, checks)
     eps_list = sorted(set(cells["eps"].astype(float)))
     heads = headlines(cells)
     head_cols = [c for e in eps_list for c in (headline_label(e), covers_label(e))]
-    rows, bpda, raw_defense = [], [], []
+    rows, bpda, eot, raw_defense = [], [], [], []
     for row_key, g in cells.groupby("_row", sort=False):
         first = g.iloc[0]
         raw_defense.append(first["defense"])
@@ -123,12 +129,15 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
             h = heads.get((row_key, e))
             row[headline_label(e)] = h["acc"] if h else float("nan")
             row[covers_label(e)] = len(h["attacks"]) if h else 0
+        row["flags"] = ",".join(f["code"] for f in warnings[key])
         row.update({c: float("nan") for c in columns})
         row.update(dict(zip(g["_label"], g["robust_acc"].astype(float), strict=True)))
         rows.append(row)
         bpda += [[key, label] for label in g.loc[g["bpda"].astype(bool), "_label"]]
+        eot += [[key, label] for label, cfg in zip(g["_label"], g["config"], strict=True)
+                if isinstance(cfg, dict) and "eot" in cfg]
     wide = pd.DataFrame(rows, columns=["dataset", "model", "defense", "kind", "clean_acc", "n",
-                                       *head_cols, *columns])
+                                       *head_cols, "flags", *columns])
     if len(wide) and eps_list:
         first_head = headline_label(eps_list[0])
         block = wide.groupby(["dataset", "model"], sort=False).ngroup()
@@ -136,10 +145,10 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
         wide = (wide.assign(_b=block, _p=pinned, _h=-wide[first_head].fillna(-1.0))
                 .sort_values(["_b", "_p", "_h"], kind="stable")
                 .drop(columns=["_b", "_p", "_h"]).reset_index(drop=True))
-    wide.attrs.update(attack_columns=columns, bpda=bpda,
+    wide.attrs.update(attack_columns=columns, bpda=bpda, eot=eot,
                       headline_columns=[headline_label(e) for e in eps_list],
                       covers_columns=[covers_label(e) for e in eps_list],
-                      breakdown=breakdown(cells))
+                      breakdown=breakdown(cells), flags=warnings, flag_legend=LEGEND)
     return wide
 
 

@@ -63,7 +63,7 @@ def test_leaderboard_shape_and_order(frame: pd.DataFrame) -> None:
                    "pgd100/whitebox@8/255"]
     heads = ["worst case@8/255", "attacks@8/255", "worst case@0.3", "attacks@0.3"]
     assert list(wide.columns) == ["dataset", "model", "defense", "kind", "clean_acc", "n",
-                                  *heads, *attack_cols]
+                                  *heads, "flags", *attack_cols]
     dunet = wide.set_index("defense").loc["dunet"]
     assert dunet["pgd100/whitebox@8/255"] == pytest.approx(0.25)
     assert dunet["fgsm/oblivious@8/255"] == pytest.approx(0.75)
@@ -202,13 +202,15 @@ def test_json_parses_without_arrays(frame: pd.DataFrame) -> None:
 def test_html_page_written_with_plots(frame: pd.DataFrame, tmp_path: Path) -> None:
     out = tmp_path / "site"
     (out / "plots").mkdir(parents=True)
-    (out / "plots" / "amplification.png").write_bytes(b"\x89PNG")
+    (out / "plots" / "amplification.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     path = Path(render(frame, "html", out_dir=out, baseline="none"))
     assert path == out / "leaderboard.html"
     page = path.read_text(encoding="utf-8")
-    assert page.count("<table") == 3
-    assert '<img src="plots/amplification.png"' in page
-    assert "<script" not in page and "http" not in page
+    # bench.report.page (tested in test_report_page.py): the wide table, the breakdown, the
+    # all-or-nothing per threat, one table of cells per row (5), every cell
+    assert page.count("<table") == 9
+    assert '<img src="data:image/png;base64,iVBORw0KGgo="' in page  # embedded: self-contained
+    assert 'src="http' not in page and "<link" not in page  # loads nothing from the network
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

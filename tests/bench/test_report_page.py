@@ -48,8 +48,9 @@ def _png(width: int = 160, height: int = 60) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(
             ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     rows = b"".join(b"\x00" + bytes(x * 255 // width for x in range(width)) for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">2I5B", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    header = struct.pack(">2I5B", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
 
 
 @pytest.fixture
@@ -78,7 +79,8 @@ def frame(tmp_path: Path) -> pd.DataFrame:
 
 @pytest.fixture
 def flagged(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wide table as the flags module will attach them: ``attrs["flags"]``, ``["flag_legend"]``."""
+    """The wide table with flags as the flags module attaches them (``attrs["flags"]`` and
+    ``attrs["flag_legend"]``)."""
     def with_flags(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
         wide = leaderboard(df, baseline)
         wide.attrs.update(flags={"digits/cnn/jpeg": [FLAG]}, flag_legend=LEGEND)
@@ -139,10 +141,27 @@ def test_page_structure(frame: pd.DataFrame, site: Path) -> None:
     assert not re.search(r'(src|href)="(?!data:|#|https://arxiv)|<link|@import|fetch\(', page)
 
 
-def test_page_without_flags_and_plots(frame: pd.DataFrame) -> None:
+def test_page_with_the_real_flags(frame: pd.DataFrame) -> None:
+    wide = leaderboard(frame, "none")
+    page = build_page(frame, "none")
+    assert "flags" in _headers(_section(page, "board"))
+    for code in wide.attrs.get("flag_legend", {}):
+        assert f">{code}</span>" in page
+
+
+def test_page_without_flags_and_plots(frame: pd.DataFrame,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wide table without ``flags`` attrs (as before the flags existed) renders without them."""
+    def without(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+        wide = leaderboard(df, baseline)
+        for key in ("flags", "flag_legend"):
+            wide.attrs.pop(key, None)
+        return wide
+    monkeypatch.setattr(page_module, "leaderboard", without)
     page = build_page(frame, "none")
     assert "flags" not in _headers(_section(page, "board"))
     assert 'class="flag' not in page and "<h2 id=\"plots\">" not in page
+    assert 'href="#plots"' not in page  # the contents name only the sections shown
 
 
 def test_paper_of_a_registered_and_an_unknown_defense() -> None:

@@ -1,0 +1,165 @@
+"""``bench audit``: run exactly the cells the gradient-masking checks need, then print the
+checklist per defense.
+
+The cells go through the runner like any grid (stored, resumable, shown on the leaderboard):
+
+* the single-step and the iterative attack, oblivious and whitebox (SS, WO);
+* the iterative attack with twice its steps (NC);
+* the iterative attack at eps/2 and 2 eps (EPS) and at eps = 1 (UB);
+* the score-based attack and the noise control (whitebox) and the iterative attack as a
+  transfer attack from the source model (BB).
+
+Two checks are not attack cells and are stored beside them, keyed by the row
+(:func:`bench.store.row_id`): the fraction of images whose input gradient of the loss is exactly
+zero at the clean image, through the defense as the attacker sees it (BPDA where declared, EOT
+where randomized) (ZG), and whether two forward passes of a defense that declares itself
+deterministic agree (ND). Which attack plays which role is declared by the attack plugins
+(``Attack.audit_role``); the core names none.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import RunConfig, format_eps
+from bench.errors import ConfigError
+from bench.registry import ATTACKS
+from bench.report.flags import LEGEND, UNBOUNDED, flags
+from bench.report.identity import identify
+from bench.runner import Runner
+from bench.session import Session, derive_seed
+from bench.store import Store, row_id
+from bench.threat import Threat, attacked_model, eot_draws
+
+log = logging.getLogger(__name__)
+
+
+def role(name: str, steps: int | None = None) -> str:
+    """The registered attack playing audit role ``name``: of the attacks declaring it, the
+    variant registered with ``steps`` (when given and one is), else the first in natural
+    order."""
+    entries = [e for e in ATTACKS.entries() if getattr(e.builder, "audit_role", None) == name]
+    if not entries:
+        raise ConfigError(f"No registered attack declares audit_role = {name!r}; the audit "
+                          f"needs one (see bench/attack.py).")
+    exact = [e for e in entries if steps is not None and e.overrides.get("steps") == steps]
+    return (exact or entries)[0].name
+
+
+def _grid(cfg: RunConfig, attacks: tuple[str, ...], threats: tuple[str, ...],
+          eps: tuple[float, ...], **opts: Any) -> RunConfig:
+    """``cfg`` with these attacks, threats, eps and options (the user's ``--attack-opt`` kept
+    for the attacks of this grid and for all when unscoped)."""
+    mine = {k: v for k, v in cfg.attack_opts.items()
+            if "." not in k or k.rpartition(".")[0] in attacks}
+    return replace(cfg, attacks=attacks, threats=threats, eps=eps,
+                   attack_opts={**mine, **opts})
+
+
+def plans(cfg: RunConfig, eps: float, steps: int, n_queries: int) -> list[RunConfig]:
+    """The grids the checks need, for ``cfg``'s dataset, defenses and slice."""
+    single, it = role("single-step"), role("iterative", steps)
+    score, noise = role("score-based"), role("noise")
+    wide = tuple(sorted({eps / 2, min(2 * eps, UNBOUNDED)} - {eps}))
+    budget = {f"{it}.steps": steps}
+    return [
+        _grid(cfg, (single, it), ("oblivious", "whitebox"), (eps,), **budget),
+        _grid(cfg, (it,), ("whitebox",), (eps,), **{f"{it}.steps": 2 * steps}),
+        _grid(cfg, (it,), ("whitebox",), (*wide, UNBOUNDED), **budget),
+        _grid(cfg, (score, noise), ("whitebox",), (eps,), **{f"{score}.n_queries": n_queries}),
+        _grid(cfg, (it,), ("transfer",), (eps,), **budget),
+    ]
+
+
+def input_gradients(s: Session, defense: str, seed: int) -> dict[str, Any]:
+    """ZG: how many clean images of the slice get an all-zero input gradient of the
+    cross-entropy through the whitebox attacked model (BPDA where declared, EOT where
+    randomized)."""
+    d = s.defense(defense)
+    model, _ = attacked_model(Threat.WHITEBOX, s.classifier, d,
+                              eot=eot_draws(Threat.WHITEBOX, d, s.eot))
+    x, y = s.test
+    zero = 0
+    for i, idx in enumerate(torch.arange(len(y)).split(s.batch_size)):
+        torch.manual_seed(derive_seed(seed, "gradient", i))
+        xb = x[idx].to(s.device).requires_grad_(True)
+        with torch.enable_grad():
+            loss = nn.functional.cross_entropy(model(xb), y[idx].to(s.device), reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xb)
+        zero += int((grad.flatten(1).abs().amax(1) == 0).sum())
+    through = "BPDA" if not d.differentiable else "the defense's own gradient"
+    return {"count": zero, "n": len(y), "value": zero / max(len(y), 1),
+            "through": f"through {through}" + (" with EOT" if d.randomized else "")}
+
+
+@torch.no_grad()
+def determinism(s: Session, defense: str) -> dict[str, Any]:
+    """ND: two forward passes of the defended pipeline under different seeds; how many images
+    get logits that differ (beyond 1e-5 relative)."""
+    d = s.defense(defense)
+    pipeline, _ = attacked_model(Threat.WHITEBOX, s.classifier, d)
+    x, _ = s.test
+    count, worst = 0, 0.0
+    for idx in torch.arange(len(x)).split(s.batch_size):
+        xb = x[idx].to(s.device)
+        torch.manual_seed(1)
+        a = pipeline(xb)
+        torch.manual_seed(2)
+        b = pipeline(xb)
+        diff = (a - b).abs().flatten(1).amax(1)
+        count += int((diff > 1e-5 * (1 + a.abs().flatten(1).amax(1))).sum())
+        worst = max(worst, float(diff.max()) if len(diff) else 0.0)
+    return {"count": count, "n": len(x), "value": count / max(len(x), 1), "max_diff": worst,
+            "randomized": bool(d.randomized)}
+
+
+def run_audit(cfg: RunConfig, store: Store, eps: float | None = None, steps: int = 100,
+              n_queries: int = 1000) -> dict[str, list[dict[str, str]]]:
+    """Run the checks' cells and stored checks for ``cfg``'s dataset and defenses; return each
+    defense row's flags (row key -> flags, as :func:`bench.report.flags.flags`)."""
+    if len(cfg.datasets) != 1:
+        raise ConfigError("bench audit takes one --dataset.")
+    session = Session.for_config(cfg, cfg.datasets[0], cfg.models[0] if cfg.models else None)
+    eps = session.info.default_eps if eps is None else eps
+    hashes: list[str] = []
+    for plan in plans(cfg, eps, steps, n_queries):
+        hashes += Runner(plan, store).run()
+    frame = store.frame(hashes)
+    for name in Runner(cfg, store).defenses():  # the undefended baseline too
+        rows = frame[frame["defense"] == name]
+        if not len(rows):
+            continue
+        rid = row_id(rows.iloc[0]["config"])
+        done = store.checks().get(rid, {})
+        if "zero_gradients" not in done:
+            store.add_check(rid, "zero_gradients", **_split(input_gradients(session, name,
+                                                                            cfg.seed)))
+        if "nondeterministic" not in done:
+            store.add_check(rid, "nondeterministic", **_split(determinism(session, name)))
+    frame = store.frame(hashes)
+    cells = identify(frame)
+    return flags(cells, frame.attrs["checks"])
+
+
+def _split(result: dict[str, Any]) -> dict[str, Any]:
+    return {"value": result["value"], "detail": {k: v for k, v in result.items()
+                                                 if k != "value"}}
+
+
+def checklist(found: dict[str, list[dict[str, str]]], eps: float) -> str:
+    """The audit's report: per defense row, every check with pass or FLAG and its numbers."""
+    lines = [f"Gradient-masking checklist at eps {format_eps(eps)} (a flag is a warning, not a "
+             f"verdict):"]
+    for key, row in found.items():
+        lines.append(f"\n{key}")
+        by_code = {f["code"]: f for f in row}
+        for code, text in LEGEND.items():
+            f = by_code.get(code)
+            lines.append(f"  [{'FLAG' if f else 'pass'}] {code} {text.split(':')[0]}"
+                         + (f": {f['detail']}" if f else ""))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,205 @@
+"""Automatic gradient-masking flags: warnings on a leaderboard row, each with its numbers.
+
+The checks of Carlini et al., "On Evaluating Adversarial Robustness" (2019,
+https://arxiv.org/abs/1902.06705, sec. 5 and its checklist) and AutoAttack's ``checks.py``,
+computed from the stored per-image results of a row (plus the two checks ``bench audit``
+stores that are not attack cells: input gradients and determinism). A flag is a warning that
+the evaluation may overstate robustness, not a verdict. Every count is over the row's n images,
+and an image counts only when the defended model classifies it correctly clean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.config import format_eps
+from bench.report.headline import suite_members
+from bench.store import row_id
+
+SHARE = 0.01  # "more than 1% of images"
+POINTS = 0.01  # "more than 1 point"
+UNBOUNDED = 1.0  # an L-inf radius that reaches every image in [0,1]
+
+LEGEND = {
+    "SS": "single-step beats iterative: an FGSM-type attack breaks images the iterative gradient "
+          "attacks did not (> 1% of images)",
+    "NC": "not converged: doubling the iterative attack's steps lowers accuracy by > 1 point",
+    "EPS": "not monotone in eps: a larger eps leaves accuracy > 1 point higher",
+    "UB": "an unbounded attack (eps = 1) leaves accuracy above chance",
+    "BB": "black-box beats white-box: Square, transfer or noise breaks images the gradient "
+          "attacks did not (> 1% of images)",
+    "ZG": "zero input gradients at the clean images (as the attacker sees the defense) on > 1% "
+          "of images: shattered gradients",
+    "ND": "the forward pass is not deterministic although the defense declares randomized = "
+          "False",
+    "WO": "whitebox weaker than oblivious: the oblivious attack breaks images its whitebox "
+          "version did not (> 1% of images)",
+}
+TITLES = {code: text.split(":")[0] for code, text in LEGEND.items()}
+
+
+def _flag(code: str, detail: str) -> dict[str, str]:
+    return {"code": code, "title": TITLES[code], "detail": detail}
+
+
+def _share(k: int, n: int) -> str:
+    return f"{k} of {n} images ({100 * k / max(n, 1):.1f}%)"
+
+
+def _broken(cell: pd.Series, clean: np.ndarray) -> np.ndarray:
+    return clean & ~np.asarray(cell["robust_correct"], dtype=bool)
+
+
+def _is(cell: pd.Series, key: str) -> Any:
+    meta = cell["metadata"] if isinstance(cell["metadata"], dict) else {}
+    return meta.get(key)
+
+
+def _params(cell: pd.Series, drop: tuple[str, ...]) -> str:
+    p = cell["attack_params"] if isinstance(cell["attack_params"], dict) else {}
+    return repr(sorted((k, repr(v)) for k, v in p.items() if k not in drop))
+
+
+def _gradient_and_blackbox(g: pd.DataFrame, clean: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images broken by whitebox gradient attacks, and by black-box ones (gradient-free,
+    transfer), with the black-box attacks' names; a suite's members counted as attacks."""
+    grad, black, names = np.zeros_like(clean), np.zeros_like(clean), []
+    for _, c in g.iterrows():
+        members = suite_members(c["metadata"])
+        if members:
+            code = np.array([-1 if f is None else int(f)
+                             for f in c["metadata"]["suite"]["first_break"]])
+            for k, m in enumerate(members, start=1):
+                bb = m.get("gradient_free") or m.get("threat") == "transfer"
+                (black if bb else grad)[...] |= clean & (code == k)
+                names += [f"{c['attack']}:{m['label']}"] if bb else []
+        elif _is(c, "gradient_free") or c["threat"] == "transfer":
+            black |= _broken(c, clean)
+            names.append(c["_label"])
+        elif c["threat"] == "whitebox":
+            grad |= _broken(c, clean)
+    return grad, black, names
+
+
+def _per_eps(g: pd.DataFrame, clean: np.ndarray, n: int) -> Iterator[dict[str, str]]:
+    """SS, BB and WO: per-image comparisons among the cells of one eps."""
+    for eps, e in g.groupby("eps", sort=True):
+        at = f" at eps {format_eps(float(eps))}"
+        for threat, t in e.groupby("threat", sort=False):
+            if threat != "whitebox":  # FGSM transferring better than PGD is not masking
+                continue
+            single = [c for _, c in t.iterrows() if _is(c, "audit_role") == "single-step"]
+            iterative = [c for _, c in t.iterrows() if not _is(c, "gradient_free")
+                         and _is(c, "audit_role") != "single-step"
+                         and not suite_members(c["metadata"])]
+            if single and iterative:
+                left = clean & ~np.logical_or.reduce([_broken(c, clean) for c in iterative])
+                k = int((np.logical_or.reduce([_broken(c, clean) for c in single]) & left).sum())
+                if k > SHARE * n:
+                    yield _flag("SS", f"{single[0]['_label']} broke {_share(k, n)} that "
+                                      f"{', '.join(c['_label'] for c in iterative)} did not "
+                                      f"({threat})")
+        grad, black, names = _gradient_and_blackbox(e, clean)
+        k = int((black & ~grad).sum())
+        if names and grad.any() and k > SHARE * n:
+            yield _flag("BB", f"{', '.join(dict.fromkeys(names))} broke {_share(k, n)} that "
+                              f"the whitebox gradient attacks did not{at}")
+        for _, pair in e.groupby(["attack", e["attack_params"].map(repr)], sort=False):
+            obl = pair[pair["threat"] == "oblivious"]
+            wb = pair[pair["threat"] == "whitebox"]
+            if len(obl) and len(wb):
+                k = int((_broken(obl.iloc[0], clean) & ~_broken(wb.iloc[0], clean)).sum())
+                if k > SHARE * n:
+                    yield _flag("WO", f"{obl.iloc[0]['_label']} broke {_share(k, n)} that "
+                                      f"{wb.iloc[0]['_label']} did not")
+
+
+def _convergence(g: pd.DataFrame) -> Iterator[dict[str, str]]:
+    """NC: the same attack with twice the steps is more than a point stronger."""
+    cells = [c for _, c in g.iterrows() if isinstance(c["attack_params"], dict)
+             and "steps" in c["attack_params"] and not suite_members(c["metadata"])]
+    for a in cells:
+        for b in cells:
+            same = (a["attack"], a["threat"], a["eps"], _params(a, ("steps", "alpha"))) == \
+                   (b["attack"], b["threat"], b["eps"], _params(b, ("steps", "alpha")))
+            if same and b["attack_params"]["steps"] == 2 * a["attack_params"]["steps"] and \
+                    a["robust_acc"] - b["robust_acc"] > POINTS:
+                yield _flag("NC", f"{a['_label']} {100 * a['robust_acc']:.1f}% -> "
+                                  f"{b['attack_params']['steps']} steps "
+                                  f"{100 * b['robust_acc']:.1f}%")
+
+
+def _monotone(g: pd.DataFrame) -> Iterator[dict[str, str]]:
+    """EPS: accuracy rises with eps for one attack and threat."""
+    key = g["attack_params"].map(lambda p: _params(pd.Series({"attack_params": p}), ("alpha",)))
+    for _, s in g.groupby(["attack", "threat", key], sort=False):
+        s = s.sort_values("eps")
+        acc, eps = list(s["robust_acc"].astype(float)), list(s["eps"].astype(float))
+        for i in range(1, len(acc)):
+            if acc[i] > min(acc[:i]) + POINTS:
+                j = int(np.argmin(acc[:i]))
+                yield _flag("EPS", f"{s.iloc[0]['attack']}/{s.iloc[0]['threat']}: "
+                                   f"{100 * acc[j]:.1f}% at eps {format_eps(eps[j])} but "
+                                   f"{100 * acc[i]:.1f}% at eps {format_eps(eps[i])}")
+                break
+
+
+def _unbounded(g: pd.DataFrame, classes: int) -> Iterator[dict[str, str]]:
+    """UB: an attack at eps 1 leaves more than chance."""
+    for _, c in g[g["eps"].astype(float) >= UNBOUNDED - 1e-9].iterrows():
+        if c["threat"] == "whitebox" and c["robust_acc"] > 1.0 / classes and \
+                _is(c, "audit_role") != "noise":
+            yield _flag("UB", f"{c['_label']} leaves {100 * c['robust_acc']:.1f}% "
+                              f"(chance {100 / classes:.1f}%)")
+
+
+def _stored_checks(checks: dict[str, dict[str, Any]], n: int) -> Iterator[dict[str, str]]:
+    zg = checks.get("zero_gradients")
+    if zg and zg["value"] > SHARE:
+        yield _flag("ZG", f"{_share(int(zg['count']), int(zg['n']))} have an all-zero input "
+                          f"gradient of the loss ({zg.get('through', 'through the defense')})")
+    nd = checks.get("nondeterministic")
+    if nd and nd["value"] > 0 and not nd.get("randomized", False):
+        yield _flag("ND", f"{_share(int(nd['count']), int(nd['n']))} get different logits "
+                          f"from two forward passes (max difference {nd['max_diff']:.3g})")
+
+
+def row_flags(g: pd.DataFrame, checks: dict[str, dict[str, Any]],
+              classes: int = 10) -> list[dict[str, str]]:
+    """The flags of one leaderboard row (its identified cells ``g``, all over the same images)
+    and its stored checks; each ``{"code", "title", "detail"}``, in :data:`LEGEND` order."""
+    n = int(g["n"].iloc[0])
+    clean = np.logical_and.reduce([np.asarray(c, dtype=bool) for c in g["clean_correct"]])
+    found = [*_per_eps(g, clean, n), *_convergence(g), *_monotone(g), *_unbounded(g, classes),
+             *_stored_checks(checks, n)]
+    order = list(LEGEND)
+    return sorted(found, key=lambda f: order.index(f["code"]))
+
+
+def _classes(dataset: str) -> int:
+    try:
+        from bench.data import get_dataset
+
+        return int(get_dataset(dataset).info.num_classes)
+    except Exception:  # noqa: BLE001  (a dataset no longer registered: assume 10)
+        return 10
+
+
+def flags(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
+          ) -> dict[str, list[dict[str, str]]]:
+    """Row key (``dataset/model/defense`` as shown) -> its flags, for identified ``cells``;
+    ``checks`` as :meth:`bench.store.Store.checks` returns them."""
+    out = {}
+    for _, g in cells.groupby("_row", sort=False):
+        first = g.iloc[0]
+        stored: dict[str, Any] = {}
+        for config in g["config"]:
+            stored.update(checks.get(row_id(config), {}) if isinstance(config, dict) else {})
+        key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
+        out[key] = row_flags(g, stored, _classes(first["dataset"]))
+    return out
