@@ -26,6 +26,7 @@ RESERVED = {
     "model": {"input_shape": "the dataset", "num_classes": "the dataset", "seed": "--seed"},
 }
 RECIPE = ("epochs", "lr", "batch_size", "train_images")  # every trained classifier's recipe
+GUIDE = "guide"  # a trainable defense's option the harness handles: the model it is trained on
 
 
 def scoped(opts: dict[str, Any], name: str,
@@ -54,6 +55,8 @@ def _takes(kind: str, name: str) -> set[str] | None:
     if params is None:
         return None
     extra = set(RECIPE) if kind == "model" else set()
+    if kind == "defense" and getattr(REGISTRY[kind].get(name).builder, "needs_training", False):
+        extra.add(GUIDE)  # the harness trains it against another model (Session.guide)
     return (set(params) | extra) - set(RESERVED[kind])
 
 

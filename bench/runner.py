@@ -192,8 +192,9 @@ class Runner:
                 "defense_weights": ident["weights"], "fit_images": ident["fit_images"],
                 "attack": attack.name, "attack_params": attack.describe(),
                 "threat": threat.value, "norm": attack.norm, "eps": attack.eps,
-                "seed": self.cfg.seed, "batch_size": s.batch_size, **self.extras(s, defense,
-                                                                                  attack, threat)}
+                "seed": self.cfg.seed, "batch_size": s.batch_size,
+                **({"guide": ident["guide"]} if "guide" in ident else {}),
+                **self.extras(s, defense, attack, threat)}
 
     def extras(self, s: Session, defense: str, attack: Attack, threat: Threat) -> dict[str, Any]:
         """The settings of a cell that exist only for some cells (absent otherwise, so adding

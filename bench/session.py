@@ -132,6 +132,7 @@ class Session:
         for name in defenses:
             if not self.unsupported(name):
                 trains |= self.built(name).needs_training
+                self.guide(name)
         for name in attacks:
             for e in eps or (self.info.default_eps,):
                 attack = self.attack(name, e)
@@ -226,19 +227,47 @@ class Session:
     def classifier(self) -> nn.Module:
         return self.target.model
 
-    def fit_key(self) -> dict[str, Any]:
-        """What a defense's weights are trained against: dataset, classifier and surrogates (their
-        weight keys; nothing is trained to know them)."""
-        return {"dataset": self.info.name, "classifier": self.pending_target.key,
-                "surrogates": [p.key for p in self.pending_surrogates]}
+    def guide(self, name: str | None) -> str | None:
+        """The model trainable defense ``name`` is trained against when it is not the target
+        (``--defense-opt NAME.guide=MODEL``, HGD's Table 4 setting: a denoiser guided by one model
+        defending another); None for the target itself."""
+        if name is None or not getattr(DEFENSES.get(name).builder, "needs_training", False):
+            return None
+        value = self.defense_opts.get(f"{name}.guide", self.defense_opts.get("guide"))
+        if value is None or value == self.model_name:
+            return None
+        if not isinstance(value, str) or value not in self.info.models:
+            raise ConfigError(f"--defense-opt {name}.guide={value!r}: use a model of "
+                              f"{self.info.name} ({', '.join(self.info.models)}).")
+        return value
 
-    def fit_context(self) -> FitContext:
-        """What a defense's ``fit`` gets. The surrogates are made at first use: only the defenses
-        that use them (HGD's training set) make the harness train them; their keys are part of
-        ``key`` either way, so a defense's cache key does not depend on whether they exist yet."""
-        surrogates = LazyModels(lambda: [s.model for s in self.surrogates])
-        return FitContext(self.dataset, self.classifier, surrogates, self.device, self.cache,
-                          self.seed, self.fit_key(), self.fit_images)
+    def _fit_models(self, name: str | None) -> tuple[PendingClassifier, list[PendingClassifier]]:
+        """The classifier defense ``name`` is trained against, and the other models (HGD's
+        surrogates): the target and the dataset's others, or, with a guide, the guide and every
+        other model (the target included)."""
+        guide = self.guide(name)
+        if guide is None:
+            return self.pending_target, self.pending_surrogates
+        everyone = [self.pending_target, *self.pending_surrogates]
+        return (next(p for p in everyone if p.name == guide),
+                [p for p in everyone if p.name != guide])
+
+    def fit_key(self, name: str | None = None) -> dict[str, Any]:
+        """What defense ``name``'s weights are trained against: dataset, classifier and
+        surrogates (their weight keys; nothing is trained to know them)."""
+        main, others = self._fit_models(name)
+        return {"dataset": self.info.name, "classifier": main.key,
+                "surrogates": [p.key for p in others]}
+
+    def fit_context(self, name: str | None = None) -> FitContext:
+        """What defense ``name``'s ``fit`` gets. The surrogates are made at first use: only the
+        defenses that use them (HGD's training set) make the harness train them; their keys are
+        part of ``key`` either way, so a defense's cache key does not depend on whether they
+        exist yet."""
+        main, others = self._fit_models(name)
+        surrogates = LazyModels(lambda: [p.load().model for p in others])
+        return FitContext(self.dataset, main.load().model, surrogates, self.device, self.cache,
+                          self.seed, self.fit_key(name), self.fit_images)
 
     # -- defenses -----------------------------------------------------------------------------
     def unsupported(self, name: str) -> str | None:
@@ -254,6 +283,8 @@ class Session:
         """
         entry = DEFENSES.get(name)
         opts = scoped(self.defense_opts, name, entry.builder)
+        if getattr(entry.builder, "needs_training", False):
+            opts.pop("guide", None)  # the harness's option (see guide()), not the constructor's
         takes = accepted_options(entry.builder)
         if takes and "model" in takes and "model" not in opts and "model" not in entry.overrides:
             opts["model"] = self.model_name
@@ -278,10 +309,11 @@ class Session:
         """Defense ``name``'s identity: its resolved parameters and, when it trains, the hash of
         its weight key (what it is trained against, seed, budget); known without training."""
         d = self.built(name)
-        weights = (stable_hash(weights_key(d, self.fit_key(), self.seed, self.fit_budget))
+        weights = (stable_hash(weights_key(d, self.fit_key(name), self.seed, self.fit_budget))
                    if d.needs_training else None)
         return {"params": self.defense_params(name), "weights": weights,
-                "fit_images": self.fit_budget if d.needs_training else None}
+                "fit_images": self.fit_budget if d.needs_training else None,
+                **({"guide": self.guide(name)} if self.guide(name) else {})}
 
     @property
     def fit_budget(self) -> int:
@@ -295,7 +327,8 @@ class Session:
             d = self._built.pop(name, None)
             if d is None or retrain:
                 d = self._construct(name)
-            meta = fit_or_load(d, self.fit_context(), retrain=retrain) if d.needs_training else {}
+            meta = (fit_or_load(d, self.fit_context(name), retrain=retrain) if d.needs_training
+                    else {})
             d = d.to(self.device).eval()
             with rng_isolated(self.device):
                 check_output(d, name, self.test[0][:PROBE].to(self.device))

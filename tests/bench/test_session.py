@@ -13,6 +13,7 @@ from torch import nn
 
 from bench.cache import Cache
 from bench.defense import MODEL, Defense, LazyModels
+from bench.errors import ConfigError
 from bench.models import PendingClassifier, load_classifier
 from bench.registry import DEFENSES, Entry
 from bench.session import Session
@@ -108,3 +109,23 @@ def test_a_defense_is_the_same_whether_its_surrogate_was_cached_or_trained_now(
     cold, warm = lgd_weights(tmp_path / "a", False), lgd_weights(tmp_path / "b", True)
     assert cold.keys() == warm.keys()
     assert all(torch.equal(cold[k], warm[k]) for k in cold)
+
+
+def test_a_guide_trains_the_defense_against_another_model(tmp_path: Path) -> None:
+    """HGD Table 4's setting: ``--defense-opt lgd.guide=cnn3x3`` trains LGD against the second
+    model (its key in the weight key, the target among the other models) and names the row."""
+    guided = Session("digits", cache=Cache(tmp_path), defense_opts={"lgd.guide": "cnn3x3"})
+    plain = Session("digits", cache=Cache(tmp_path))
+    second = plain.pending_surrogates[0]
+    key = guided.fit_key("lgd")
+    assert key["classifier"] == second.key and key["surrogates"] == [plain.pending_target.key]
+    assert plain.fit_key("lgd")["classifier"] == plain.pending_target.key
+    assert guided.defense_id("lgd")["guide"] == "cnn3x3" and "guide" not in plain.defense_id("lgd")
+    assert guided.defense_id("lgd")["weights"] != plain.defense_id("lgd")["weights"]
+    assert guided.defense_params("lgd") == plain.defense_params("lgd")
+    same = Session("digits", cache=Cache(tmp_path), defense_opts={"lgd.guide": "cnn"})
+    assert same.defense_id("lgd") == plain.defense_id("lgd")  # the target is no guide
+    with pytest.raises(ConfigError, match="use a model of digits"):
+        Session("digits", defense_opts={"lgd.guide": "resnet18"}).validate(["lgd"])
+    with pytest.raises(ConfigError, match="takes no option guide"):
+        Session("digits", defense_opts={"jpeg.guide": "cnn3x3"}).validate(["jpeg"])
