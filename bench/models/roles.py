@@ -1,0 +1,146 @@
+"""The classifiers of a session by role: the target, the other models of the dataset (HGD's
+surrogates), the transfer threat's source model and a trainable defense's guide (the model it is
+trained against when it is not the target, HGD's Table 4 setting).
+
+A mixin of :class:`bench.session.Session` (it reads the session's dataset, options, cache,
+device and seed); every model is built with its weight key known before anything is trained.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from torch import nn
+
+from bench.defense import FitContext, LazyModels
+from bench.errors import ConfigError
+from bench.models import LoadedModel, PendingClassifier, recipe_options
+from bench.options import scoped
+from bench.registry import DEFENSES
+
+
+class ModelRoles:
+    """Target, surrogates, transfer source and guides of a session (see the module docstring)."""
+
+    dataset: Any
+    info: Any
+    model_name: str
+    model_opts: dict[str, Any]
+    defense_opts: dict[str, Any]
+    source_model: str | None
+    cache: Any
+    device: Any
+    seed: int
+    fit_images: int | None
+
+    def _model_opts(self, name: str, target: bool) -> dict[str, Any]:
+        """The options of classifier ``name``: ``name.key`` ones, and bare ones (only their
+        training recipe for a surrogate)."""
+        bare = {k: v for k, v in self.model_opts.items() if "." not in k}
+        return {**(bare if target else recipe_options(bare)), **scoped(self.model_opts, name)}
+
+    @cached_property
+    def pending_target(self) -> PendingClassifier:
+        """The target classifier, built, its weight key known, not yet loaded or trained."""
+        return PendingClassifier(self.model_name, self.dataset, cache=self.cache,
+                                 device=self.device, seed=self.seed,
+                                 **self._model_opts(self.model_name, True))
+
+    @cached_property
+    def target(self) -> LoadedModel:
+        """The target classifier with its weights (trained and cached on first use)."""
+        return self.pending_target.load()
+
+    @cached_property
+    def pending_surrogates(self) -> list[PendingClassifier]:
+        """The dataset's other models, built (their weight keys known) but not loaded/trained."""
+        names = [m for m in self.info.models if m != self.model_name]
+        return [PendingClassifier(m, self.dataset, cache=self.cache, device=self.device,
+                                  seed=self.seed, **self._model_opts(m, False))
+                for m in names]
+
+    @property
+    def surrogates(self) -> list[LoadedModel]:
+        """The dataset's other models with their weights (trained and cached if needed)."""
+        return [p.load() for p in self.pending_surrogates]
+
+    @cached_property
+    def source_name(self) -> str:
+        """The transfer threat's source model: ``--source-model``, else the dataset's first
+        model other than the target."""
+        if self.source_model:
+            name = self.source_model
+        else:
+            others = [m for m in self.info.models if m != self.model_name]
+            if not others:
+                raise ConfigError(f"The transfer threat needs a second model and {self.info.name} "
+                                  f"lists only {self.model_name}: pass --source-model NAME.")
+            name = others[0]
+        if name == self.model_name:
+            others = ", ".join(m for m in self.info.models if m != name) or "another model"
+            raise ConfigError(f"--source-model {name} is the target model itself: a transfer "
+                              f"attack is crafted on another model (e.g. {others}).")
+        return name
+
+    @cached_property
+    def pending_source(self) -> PendingClassifier:
+        """The transfer source, built (its weight key known), not yet loaded or trained."""
+        for p in self.pending_surrogates:
+            if p.name == self.source_name:
+                return p
+        return PendingClassifier(self.source_name, self.dataset, cache=self.cache,
+                                 device=self.device, seed=self.seed,
+                                 **self._model_opts(self.source_name, False))
+
+    @property
+    def source(self) -> tuple[nn.Module, str]:
+        """The transfer source model with its weights (trained and cached if needed), and its
+        weight key."""
+        return self.pending_source.load().model, self.pending_source.key
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.target.model
+
+    def guide(self, name: str | None) -> str | None:
+        """The model trainable defense ``name`` is trained against when it is not the target
+        (``--defense-opt NAME.guide=MODEL``, HGD's Table 4 setting: a denoiser guided by one model
+        defending another); None for the target itself."""
+        if name is None or not getattr(DEFENSES.get(name).builder, "needs_training", False):
+            return None
+        value = self.defense_opts.get(f"{name}.guide", self.defense_opts.get("guide"))
+        if value is None or value == self.model_name:
+            return None
+        if not isinstance(value, str) or value not in self.info.models:
+            raise ConfigError(f"--defense-opt {name}.guide={value!r}: use a model of "
+                              f"{self.info.name} ({', '.join(self.info.models)}).")
+        return value
+
+    def _fit_models(self, name: str | None) -> tuple[PendingClassifier, list[PendingClassifier]]:
+        """The classifier defense ``name`` is trained against, and the other models (HGD's
+        surrogates): the target and the dataset's others, or, with a guide, the guide and every
+        other model (the target included)."""
+        guide = self.guide(name)
+        if guide is None:
+            return self.pending_target, self.pending_surrogates
+        everyone = [self.pending_target, *self.pending_surrogates]
+        return (next(p for p in everyone if p.name == guide),
+                [p for p in everyone if p.name != guide])
+
+    def fit_key(self, name: str | None = None) -> dict[str, Any]:
+        """What defense ``name``'s weights are trained against: dataset, classifier and
+        surrogates (their weight keys; nothing is trained to know them)."""
+        main, others = self._fit_models(name)
+        return {"dataset": self.info.name, "classifier": main.key,
+                "surrogates": [p.key for p in others]}
+
+    def fit_context(self, name: str | None = None) -> FitContext:
+        """What defense ``name``'s ``fit`` gets. The surrogates are made at first use: only the
+        defenses that use them (HGD's training set) make the harness train them; their keys are
+        part of ``key`` either way, so a defense's cache key does not depend on whether they
+        exist yet."""
+        main, others = self._fit_models(name)
+        surrogates = LazyModels(lambda: [p.load().model for p in others])
+        return FitContext(self.dataset, main.load().model, surrogates, self.device, self.cache,
+                          self.seed, self.fit_key(name), self.fit_images)
