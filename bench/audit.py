@@ -29,7 +29,7 @@ from torch import nn
 from bench.config import RunConfig, format_eps
 from bench.errors import ConfigError
 from bench.registry import ATTACKS
-from bench.report.flags import LEGEND, UNBOUNDED, flags
+from bench.report.flags import LEGEND, UNBOUNDED, flags, undecided
 from bench.report.identity import identify
 from bench.runner import Runner
 from bench.session import Session, derive_seed
@@ -119,9 +119,11 @@ def determinism(s: Session, defense: str) -> dict[str, Any]:
 
 
 def run_audit(cfg: RunConfig, store: Store, eps: float | None = None, steps: int = 100,
-              n_queries: int = 1000) -> dict[str, list[dict[str, str]]]:
+              n_queries: int = 1000) -> tuple[dict[str, list[dict[str, str]]],
+                                              dict[str, dict[str, str]]]:
     """Run the checks' cells and stored checks for ``cfg``'s dataset and defenses; return each
-    defense row's flags (row key -> flags, as :func:`bench.report.flags.flags`)."""
+    defense row's flags (row key -> flags, as :func:`bench.report.flags.flags`) and the checks
+    it could not decide (row key -> code -> why, :func:`bench.report.flags.undecided`)."""
     if len(cfg.datasets) != 1:
         raise ConfigError("bench audit takes one --dataset.")
     session = Session.for_config(cfg, cfg.datasets[0], cfg.models[0] if cfg.models else None)
@@ -143,7 +145,7 @@ def run_audit(cfg: RunConfig, store: Store, eps: float | None = None, steps: int
             store.add_check(rid, "nondeterministic", **_split(determinism(session, name)))
     frame = store.frame(hashes)
     cells = identify(frame)
-    return flags(cells, frame.attrs["checks"])
+    return flags(cells, frame.attrs["checks"]), undecided(cells, frame.attrs["checks"])
 
 
 def _split(result: dict[str, Any]) -> dict[str, Any]:
@@ -151,15 +153,18 @@ def _split(result: dict[str, Any]) -> dict[str, Any]:
                                                  if k != "value"}}
 
 
-def checklist(found: dict[str, list[dict[str, str]]], eps: float) -> str:
-    """The audit's report: per defense row, every check with pass or FLAG and its numbers."""
+def checklist(found: dict[str, list[dict[str, str]]], eps: float,
+              na: dict[str, dict[str, str]] | None = None) -> str:
+    """The audit's report: per defense row, every check with pass, FLAG (and its numbers) or
+    n/a (and why it could not be decided)."""
     lines = [f"Gradient-masking checklist at eps {format_eps(eps)} (a flag is a warning, not a "
              f"verdict):"]
     for key, row in found.items():
         lines.append(f"\n{key}")
         by_code = {f["code"]: f for f in row}
         for code, text in LEGEND.items():
-            f = by_code.get(code)
-            lines.append(f"  [{'FLAG' if f else 'pass'}] {code} {text.split(':')[0]}"
-                         + (f": {f['detail']}" if f else ""))
+            f, why = by_code.get(code), (na or {}).get(key, {}).get(code)
+            mark = "FLAG" if f else ("n/a " if why else "pass")
+            lines.append(f"  [{mark}] {code} {text.split(':')[0]}"
+                         + (f": {f['detail']}" if f else (f" ({why})" if why else "")))
     return "\n".join(lines) + "\n"

@@ -257,9 +257,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     cfg = _run_config(args, n=200)
     eps = parse_eps(args.eps) if args.eps is not None else None
     store = open_store(results_path(cfg.results))
-    found = run_audit(cfg, store, eps, steps=args.steps, n_queries=args.n_queries)
+    found, na = run_audit(cfg, store, eps, steps=args.steps, n_queries=args.n_queries)
     info = get_dataset(cfg.datasets[0], root=cfg.data_root).info
-    print(checklist(found, info.default_eps if eps is None else eps), end="")
+    print(checklist(found, info.default_eps if eps is None else eps, na), end="")
     log.info("cells and checks stored in %s", store.path)
     return 0
 

@@ -181,6 +181,43 @@ def row_flags(g: pd.DataFrame, checks: dict[str, dict[str, Any]],
     return sorted(found, key=lambda f: order.index(f["code"]))
 
 
+def not_applicable(g: pd.DataFrame, checks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The checks that the row's cells and stored checks cannot decide, with the reason (a
+    check with nothing to look at must not read as passed)."""
+    role = g["metadata"].map(lambda m: m.get("audit_role") if isinstance(m, dict) else None)
+    wb = g["threat"] == "whitebox"
+    steps = g["attack_params"].map(lambda p: p.get("steps") if isinstance(p, dict) else None)
+    out = {}
+    if not ((role == "single-step") & wb).any() or not ((role != "single-step") & wb).any():
+        out["SS"] = "needs a single-step and an iterative whitebox attack"
+    if not any(2 * a in set(steps.dropna()) for a in steps.dropna()):
+        out["NC"] = "needs the same attack with twice the steps"
+    if g.groupby(["attack", "threat"])["eps"].nunique().max() < 2:
+        out["EPS"] = "needs one attack at two eps"
+    if not (g["eps"].astype(float) >= UNBOUNDED - 1e-9).any():
+        out["UB"] = "needs an attack at eps 1"
+    if not (wb & (g["threat"] != "transfer")).any():
+        out["BB"] = "needs whitebox gradient attacks"
+    if not (set(g["threat"]) >= {"oblivious", "whitebox"}):
+        out["WO"] = "needs an attack under both oblivious and whitebox"
+    if "zero_gradients" not in checks:
+        out["ZG"] = "not measured (run bench audit)"
+    nd = checks.get("nondeterministic")
+    if nd is None:
+        out["ND"] = "not measured (run bench audit)"
+    elif nd.get("randomized"):
+        out["ND"] = "the defense declares itself randomized"
+    return out
+
+
+def _row_checks(g: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
+                ) -> dict[str, Any]:
+    stored: dict[str, Any] = {}
+    for config in g["config"]:
+        stored.update(checks.get(row_id(config), {}) if isinstance(config, dict) else {})
+    return stored
+
+
 def _classes(dataset: str) -> int:
     try:
         from bench.data import get_dataset
@@ -197,9 +234,17 @@ def flags(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
     out = {}
     for _, g in cells.groupby("_row", sort=False):
         first = g.iloc[0]
-        stored: dict[str, Any] = {}
-        for config in g["config"]:
-            stored.update(checks.get(row_id(config), {}) if isinstance(config, dict) else {})
         key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
-        out[key] = row_flags(g, stored, _classes(first["dataset"]))
+        out[key] = row_flags(g, _row_checks(g, checks), _classes(first["dataset"]))
+    return out
+
+
+def undecided(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
+              ) -> dict[str, dict[str, str]]:
+    """Row key -> :func:`not_applicable` for identified ``cells``."""
+    out = {}
+    for _, g in cells.groupby("_row", sort=False):
+        first = g.iloc[0]
+        key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
+        out[key] = not_applicable(g, _row_checks(g, checks))
     return out

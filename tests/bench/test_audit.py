@@ -58,6 +58,7 @@ def test_audit_flags_masked_gradients_and_undeclared_randomness(
     assert "[pass] ZG" in blocks["digits/cnn/test-bpda"]
     assert "[FLAG] ND" in blocks["digits/cnn/test-undeclared"]
     assert "[pass] ND" in blocks["digits/cnn/test-masked"]
+    assert "[n/a ]" not in out  # the audit runs every cell the checks need
     assert "[pass] ZG" in blocks["digits/cnn/none"] and "[pass] ND" in blocks["digits/cnn/none"]
     store = Store(db)
     frame = store.frame()

@@ -116,3 +116,24 @@ def test_flags_are_shown_with_a_legend(tmp_path: Path) -> None:
     row = [line for line in md.splitlines() if line.startswith("| digits")][0]
     assert "| NC |" in row
     assert "- digits/cnn/d: NC pgd10/whitebox@0.2" in md and "Legend: NC = not converged" in md
+
+
+def test_checks_without_the_cells_they_need_are_undecided_not_passed(tmp_path: Path) -> None:
+    from bench.report.flags import undecided
+    from bench.report.identity import identify
+
+    store = Store(tmp_path / "u.sqlite")
+    first = cell("pgd10", "whitebox", 20, role="iterative", steps=10)
+    store.add(first)
+    store.add_check(row_id(first.config), "nondeterministic",
+                    0.5, {"count": 50, "n": N, "max_diff": 1.0, "randomized": True})
+    frame = store.frame()
+    na = undecided(identify(frame), frame.attrs["checks"])["digits/cnn/d"]
+    assert set(na) == {"SS", "NC", "EPS", "UB", "WO", "ZG", "ND"}  # BB has its gradient attack
+    assert na["ND"] == "the defense declares itself randomized"
+    assert na["ZG"].startswith("not measured")
+    store.add(cell("pgd10", "whitebox", 40, role="iterative", steps=20))
+    store.add(cell("pgd10", "oblivious", 40, role="iterative", steps=10))
+    frame = store.frame()
+    na = undecided(identify(frame), frame.attrs["checks"])["digits/cnn/d"]
+    assert "NC" not in na and "WO" not in na and "EPS" in na
