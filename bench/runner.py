@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 
 def versions() -> dict[str, str]:
     """Library versions recorded in every row."""
-    out = {"python": platform.python_version(), "bench": bench.__version__}
+    # CPU float reductions depend on the thread count, so weights trained with another count
+    # differ in their last bits (and a cell evaluated with them in its numbers): recorded.
+    out = {"python": platform.python_version(), "bench": bench.__version__,
+           "torch_threads": str(torch.get_num_threads())}
     for pkg in ("torch", "torchvision", "torchattacks", "timm", "numpy"):
         try:
             out[pkg] = metadata.version(pkg)
