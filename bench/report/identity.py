@@ -25,6 +25,9 @@ _COLUMN_BASE = ("attack", "threat", "norm", "eps")
 _ROW_BASE = ("dataset", "model", "defense")
 _VISIBLE = {*_COLUMN_BASE, *_ROW_BASE, "n"}
 _SAME_AS = {"attack_params.seed": "seed"}  # an attack's seed is the run's seed (a row setting)
+# Column settings the table marks on the cell itself (EOT draws: the double dagger and the
+# page's tooltip); they split a column only when one row holds cells that differ in them.
+_MARKED = ("eot",)
 _HASHES = ("slice", "classifier", "defense_weights")  # named only when nothing readable differs
 _MODEL_SIDE = ("model_opts.", "classifier")  # beside the model; the rest beside the defense
 
@@ -104,10 +107,15 @@ def identify(cells: pd.DataFrame) -> pd.DataFrame:
     bases = [column_label(r.attack, r.threat, r.eps, r.norm if show_norm else None)
              for r in cells.itertuples(index=False)]
     col_keys = _varying(settings, bases, lambda k: _is_column_setting(k) and k not in _VISIBLE)
+    row_bases = list(cells[list(_ROW_BASE)].itertuples(index=False, name=None))
+    within = _varying(settings, list(zip(row_bases, bases, strict=True)),
+                      lambda k: k in _MARKED)
+    for base in col_keys:  # marked settings split a column only where one row needs it
+        needed = {k for (_, b), ks in within.items() if b == base for k in ks}
+        col_keys[base] = [k for k in col_keys[base] if k not in _MARKED or k in needed]
     labels = [base + (" (" + ", ".join(_show(k, st.get(k, "null")) for k in col_keys[base])
                       + ")" if col_keys[base] else "")
               for base, st in zip(bases, settings, strict=True)]
-    row_bases = list(cells[list(_ROW_BASE)].itertuples(index=False, name=None))
     for with_hashes in (False, True):
         row_keys = _varying(settings, row_bases, lambda k, h=with_hashes: (
             not _is_column_setting(k) and k not in _ROW_BASE and (h or k not in _HASHES)))

@@ -271,3 +271,19 @@ def test_a_suite_counts_as_its_members_and_attributes_images_to_them(tmp_path: P
     assert wide.attrs["breakdown"].iloc[0]["broken_by"] == (
         "clean 1, adaptive/whitebox@8/255:apgd-ce 2, adaptive/whitebox@8/255:square 1, "
         "pgd100/whitebox@8/255 1")
+
+
+def test_eot_splits_a_column_only_where_one_row_needs_it(tmp_path: Path) -> None:
+    eot = _with(_cell("rand", "pgd10", "whitebox", [1, 0, 0, 0]), "r20", eot=20)
+    plain = _with(_cell("lgd", "pgd10", "whitebox", [1, 1, 0, 0]), "l")
+    wide = leaderboard(_variant(tmp_path, [eot, plain]))
+    assert wide.attrs["attack_columns"] == ["pgd10/whitebox@8/255"]  # the mark says EOT
+    assert ["digits/cnn/rand", "pgd10/whitebox@8/255"] in wide.attrs["eot"]
+    assert "25.0‡" in render(_variant(tmp_path, [eot, plain]), "md")
+    single = _with(_cell("rand", "pgd10", "whitebox", [1, 1, 1, 0]), "r1")  # one draw, no EOT
+    wide = leaderboard(_variant(tmp_path, [eot, plain, single]))
+    assert sorted(wide.attrs["attack_columns"]) == ["pgd10/whitebox@8/255 (eot=20)",
+                                                    "pgd10/whitebox@8/255 (eot=none)"]
+    rand = wide.set_index("defense").loc["rand"]
+    assert rand["pgd10/whitebox@8/255 (eot=20)"] == pytest.approx(0.25)
+    assert rand["pgd10/whitebox@8/255 (eot=none)"] == pytest.approx(0.75)
