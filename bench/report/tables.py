@@ -89,8 +89,8 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     Args:
         df: cells as returned by ``Store.frame()``.
         baseline: the defense shown first in each (dataset, model) block, as the reference
-            (e.g. the undefended one); the other rows follow sorted by the first headline column,
-            highest first (ties keep the order of first appearance).
+            (e.g. the undefended one); the other rows follow sorted by the headline at the eps
+            most attacks ran at, highest first (ties keep the order of first appearance).
 
     Returns:
         Columns ``dataset, model, defense, kind, clean_acc, n``, then per eps the headline
@@ -139,7 +139,9 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     wide = pd.DataFrame(rows, columns=["dataset", "model", "defense", "kind", "clean_acc", "n",
                                        *head_cols, "flags", *columns])
     if len(wide) and eps_list:
-        first_head = headline_label(eps_list[0])
+        # the eps most attacks ran at (an audit's sweep adds single cells at other eps)
+        main = max(eps_list, key=lambda e: (int(wide[covers_label(e)].sum()), -e))
+        first_head = headline_label(main)
         block = wide.groupby(["dataset", "model"], sort=False).ngroup()
         pinned = [0 if d == baseline else 1 for d in raw_defense]
         wide = (wide.assign(_b=block, _p=pinned, _h=-wide[first_head].fillna(-1.0))
