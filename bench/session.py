@@ -35,6 +35,8 @@ from bench.models.roles import ModelRoles
 from bench.options import check_scopes, scoped
 from bench.registry import ATTACKS, DEFENSES, accepted_options
 from bench.runtime import batches, check_finite, progress, rng_isolated
+from bench.suite import AttackSuite
+from bench.threat import Threat
 
 log = logging.getLogger(__name__)
 SPLIT = "test"
@@ -134,7 +136,8 @@ class Session(ModelRoles):
             for e in eps or (self.info.default_eps,):
                 attack = self.attack(name, e)
                 attack.describe()  # a suite builds (and so checks) its members here
-                source |= any(m.threat == "transfer" for m in getattr(attack, "plan", list)())
+                members = attack.plan() if isinstance(attack, AttackSuite) else []
+                source |= any(m.threat == Threat.TRANSFER for m in members)
         if source:
             trains |= not self.pending_source.spec["pretrained"]
         self.dataset.check(SPLITS if trains else (SPLIT,))  # nothing trains: test split only

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench.config import format_eps
-from bench.report.headline import suite_members
+from bench.report.headline import clean_of, first_break, suite_members
 from bench.store import row_id
 
 SHARE = 0.01  # "more than 1% of images"
@@ -72,8 +72,7 @@ def _gradient_and_blackbox(g: pd.DataFrame, clean: np.ndarray
     for _, c in g.iterrows():
         members = suite_members(c["metadata"])
         if members:
-            code = np.array([-1 if f is None else int(f)
-                             for f in c["metadata"]["suite"]["first_break"]])
+            code = first_break(c["metadata"])
             for k, m in enumerate(members, start=1):
                 bb = m.get("gradient_free") or m.get("threat") == "transfer"
                 (black if bb else grad)[...] |= clean & (code == k)
@@ -174,7 +173,7 @@ def row_flags(g: pd.DataFrame, checks: dict[str, dict[str, Any]],
     """The flags of one leaderboard row (its identified cells ``g``, all over the same images)
     and its stored checks; each ``{"code", "title", "detail"}``, in :data:`LEGEND` order."""
     n = int(g["n"].iloc[0])
-    clean = np.logical_and.reduce([np.asarray(c, dtype=bool) for c in g["clean_correct"]])
+    clean = clean_of(g)
     found = [*_per_eps(g, clean, n), *_convergence(g), *_monotone(g), *_unbounded(g, classes),
              *_stored_checks(checks, n)]
     order = list(LEGEND)

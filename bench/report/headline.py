@@ -40,6 +40,18 @@ def suite_members(metadata: Any) -> list[dict[str, Any]]:
     return list(suite.get("members", [])) if isinstance(suite, dict) else []
 
 
+def first_break(metadata: Any) -> np.ndarray:
+    """A suite cell's per-image first breaker as codes: 0 = wrong clean, k = member k (1-based),
+    -1 = survived every member."""
+    codes = metadata["suite"]["first_break"]
+    return np.array([-1 if f is None else int(f) for f in codes], dtype=int)
+
+
+def clean_of(cells: pd.DataFrame) -> np.ndarray:
+    """Per image, correct clean in every cell of ``cells`` (one row's cells, same images)."""
+    return np.logical_and.reduce([np.asarray(c, dtype=bool) for c in cells["clean_correct"]])
+
+
 def _attacks(cell: pd.Series) -> list[str]:
     """What one cell covers: its column label, or ``label:member`` for each suite member."""
     members = suite_members(cell["metadata"])
@@ -59,7 +71,7 @@ def worst(cells: pd.DataFrame) -> dict[str, Any]:
         and ``n``.
     """
     n = int(cells["n"].iloc[0])
-    clean = np.logical_and.reduce([np.asarray(c, dtype=bool) for c in cells["clean_correct"]])
+    clean = clean_of(cells)
     robust = clean.copy()
     owner = np.full(n, "", dtype=object)
     owner[~clean] = CLEAN
@@ -71,8 +83,7 @@ def worst(cells: pd.DataFrame) -> dict[str, Any]:
         labels = _attacks(cell)
         attacks += labels
         if suite_members(cell["metadata"]):  # each image to the member that broke it first
-            first = cell["metadata"]["suite"]["first_break"]
-            code = np.array([-1 if f is None else int(f) for f in first])
+            code = first_break(cell["metadata"])
             for k, label in enumerate(labels, start=1):
                 owner[(code == k) & (owner == "")] = label
         owner[~correct & (owner == "")] = cell["_label"]
