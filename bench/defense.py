@@ -10,6 +10,11 @@ gives the attacker a BPDA approximation while leaving the forward result unchang
 is ``randomized``, which inputs it ``supports``, and whether it ``needs_training``. Trainable
 defenses implement :meth:`Defense.fit` with their paper's recipe; the harness caches the weights
 by a hash of everything that determined them (:func:`fit_or_load`).
+
+A composite defense (an ensemble, HGD's Appendix C) names the registered defenses and the
+classifiers it is made of in :meth:`Defense.parts`; the harness fits or loads each part as it
+would alone (same weights, same cache entries, their identities in the composite's) and hands
+them to :meth:`Defense.compose` before the composite's first use.
 """
 
 from __future__ import annotations
@@ -46,6 +51,27 @@ class _StraightThrough(torch.autograd.Function):
 def bpda_identity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Return ``y`` (computed from ``x`` without gradient) with the identity as its gradient."""
     return _StraightThrough.apply(x, y.detach())
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a composite defense is made of (:meth:`Defense.parts`).
+
+    Attributes:
+        defenses: registered defenses, each ``NAME`` (trained against the row's classifier, as
+            alone) or ``NAME@MODEL`` (a trainable defense trained against the dataset's model
+            ``MODEL``, HGD's Table 4 setting); fitted by the harness, in this order.
+        models: classifiers of the dataset by name, loaded (or trained) by the harness.
+    """
+
+    defenses: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``NAME@MODEL`` -> (NAME, MODEL); ``NAME`` -> (NAME, None) (see :class:`Parts`)."""
+    name, at, model = spec.partition("@")
+    return name, (model if at else None)
 
 
 class LazyModels(Sequence[nn.Module]):
@@ -172,6 +198,16 @@ class Defense(nn.Module):
     def fit(self, ctx: FitContext) -> dict[str, Any]:
         """Train with the paper's recipe; return metadata stored beside the cached weights."""
         return {}
+
+    def parts(self, models: Sequence[str]) -> Parts:
+        """A composite defense's parts (default: none). ``models`` are the dataset's
+        classifiers, the row's target first."""
+        return Parts()
+
+    def compose(self, defenses: Sequence[Defense], models: Sequence[nn.Module]) -> None:
+        """Receive the fitted parts named by :meth:`parts`, in its order (composites only)."""
+        raise PluginContractError(f"{type(self).__name__} names parts but does not take them: "
+                                  f"implement compose().")
 
     def denoising_loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-image mean L1 distance between denoised ``x_hat`` and clean ``x`` (HGD Table 2)."""

@@ -32,16 +32,18 @@ GUIDE = "guide"  # a trainable defense's option the harness handles: the model i
 def scoped(opts: dict[str, Any], name: str,
            builder: Callable[..., Any] | None = None) -> dict[str, Any]:
     """The options of ``opts`` meant for plugin ``name``: ``name.key=v`` always, and bare
-    ``key=v`` when ``builder`` (given) takes ``key`` (or takes any keyword)."""
+    ``key=v`` when ``builder`` (given) takes ``key`` (or takes any keyword). A scoped option
+    wins over a bare one of the same key, whatever their order."""
     params = accepted_options(builder) if builder is not None else {}
-    out: dict[str, Any] = {}
+    bare: dict[str, Any] = {}
+    own: dict[str, Any] = {}
     for key, value in opts.items():
         scope, dot, param = key.rpartition(".")
         if dot and scope == name:
-            out[param] = value
+            own[param] = value
         elif not dot and builder is not None and (params is None or key in params):
-            out[key] = value
-    return out
+            bare[key] = value
+    return {**bare, **own}
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:

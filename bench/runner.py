@@ -196,7 +196,7 @@ class Runner:
                 "attack": attack.name, "attack_params": attack.describe(),
                 "threat": threat.value, "norm": attack.norm, "eps": attack.eps,
                 "seed": self.cfg.seed, "batch_size": s.batch_size,
-                **({"guide": ident["guide"]} if "guide" in ident else {}),
+                **{k: ident[k] for k in ("guide", "parts") if k in ident},
                 **self.extras(s, defense, attack, threat)}
 
     def extras(self, s: Session, defense: str, attack: Attack, threat: Threat) -> dict[str, Any]:

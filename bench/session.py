@@ -29,6 +29,7 @@ from bench.defense import (
     Defense,
     check_output,
     fit_or_load,
+    split_spec,
     weights_key,
 )
 from bench.models.roles import ModelRoles
@@ -124,7 +125,9 @@ class Session(ModelRoles):
         """
         models = [self.model_name, *[m for m in self.info.models if m != self.model_name]]
         check_scopes(self.model_opts, "model", models, "--model-opt", known=list(models))
-        check_scopes(self.defense_opts, "defense", list(defenses), "--defense-opt")
+        parts = {name: self.parts(name) for name in defenses if not self.unsupported(name)}
+        grid = [*defenses, *[split_spec(p)[0] for ps in parts.values() for p in ps.defenses]]
+        check_scopes(self.defense_opts, "defense", list(dict.fromkeys(grid)), "--defense-opt")
         check_scopes(self.attack_opts, "attack", list(attacks), "--attack-opt")
         trains = not self.pending_target.spec["pretrained"]  # building checks its options
         self.pending_surrogates  # noqa: B018
@@ -132,6 +135,7 @@ class Session(ModelRoles):
             if not self.unsupported(name):
                 trains |= self.built(name).needs_training
                 self.guide(name)
+                trains |= self._check_parts(name, parts[name])
         for name in attacks:
             for e in eps or (self.info.default_eps,):
                 attack = self.attack(name, e)
@@ -161,7 +165,7 @@ class Session(ModelRoles):
     # -- defenses -----------------------------------------------------------------------------
     def unsupported(self, name: str) -> str | None:
         """Why defense ``name`` cannot run on this dataset's inputs (None when it can)."""
-        check = getattr(DEFENSES.get(name).builder, "unsupported", None)
+        check = getattr(DEFENSES.get(split_spec(name)[0]).builder, "unsupported", None)
         return check(self.info.input_shape) if check else None
 
     def defense_params(self, name: str) -> dict[str, Any]:
@@ -170,8 +174,9 @@ class Session(ModelRoles):
         A defense whose constructor takes ``model`` gets the target classifier's name unless an
         option or its variant sets it (so it can build the same architecture).
         """
-        entry = DEFENSES.get(name)
-        opts = scoped(self.defense_opts, name, entry.builder)
+        base = split_spec(name)[0]
+        entry = DEFENSES.get(base)
+        opts = scoped(self.defense_opts, base, entry.builder)
         if getattr(entry.builder, "needs_training", False):
             opts.pop("guide", None)  # the harness's option (see guide()), not the constructor's
         takes = accepted_options(entry.builder)
@@ -183,7 +188,7 @@ class Session(ModelRoles):
     def _construct(self, name: str) -> Defense:
         with rng_isolated(self.device):  # initial weights from the session's seed, as keyed
             torch.manual_seed(self.seed)
-            return DEFENSES.get(name).build(**self.defense_params(name))
+            return DEFENSES.get(split_spec(name)[0]).build(**self.defense_params(name))
 
     def built(self, name: str) -> Defense:
         """Defense ``name`` constructed (initial weights drawn from the session's seed, which the
@@ -196,13 +201,19 @@ class Session(ModelRoles):
 
     def defense_id(self, name: str) -> dict[str, Any]:
         """Defense ``name``'s identity: its resolved parameters and, when it trains, the hash of
-        its weight key (what it is trained against, seed, budget); known without training."""
+        its weight key (what it is trained against, seed, budget); a composite's parts with
+        theirs (the models by weight key); known without training."""
         d = self.built(name)
         weights = (stable_hash(weights_key(d, self.fit_key(name), self.seed, self.fit_budget))
                    if d.needs_training else None)
+        parts = self.parts(name)
+        keys = {p.name: p.key for p in [self.pending_target, *self.pending_surrogates]}
         return {"params": self.defense_params(name), "weights": weights,
                 "fit_images": self.fit_budget if d.needs_training else None,
-                **({"guide": self.guide(name)} if self.guide(name) else {})}
+                **({"guide": self.guide(name)} if self.guide(name) else {}),
+                **({"parts": {"defenses": {p: self.defense_id(p) for p in parts.defenses},
+                              "models": {m: keys[m] for m in parts.models}}}
+                   if parts.defenses or parts.models else {})}
 
     @property
     def fit_budget(self) -> int:
@@ -218,6 +229,11 @@ class Session(ModelRoles):
                 d = self._construct(name)
             meta = (fit_or_load(d, self.fit_context(name), retrain=retrain) if d.needs_training
                     else {})
+            parts = self.parts(name)
+            if parts.defenses or parts.models:  # a composite: its parts fitted as alone
+                d.compose([self.defense(p) for p in parts.defenses],
+                          [self.model_named(m).eval() for m in parts.models])
+                meta = {**meta, "parts": {p: self.fit_meta(p) for p in parts.defenses}}
             d = d.to(self.device).eval()
             with rng_isolated(self.device):
                 check_output(d, name, self.test[0][:PROBE].to(self.device))

@@ -1,6 +1,7 @@
 """The classifiers of a session by role: the target, the other models of the dataset (HGD's
-surrogates), the transfer threat's source model and a trainable defense's guide (the model it is
-trained against when it is not the target, HGD's Table 4 setting).
+surrogates), the transfer threat's source model, a trainable defense's guide (the model it is
+trained against when it is not the target, HGD's Table 4 setting) and the parts of a composite
+defense (its defenses, possibly guided by other models, and its classifiers; HGD's Appendix C).
 
 A mixin of :class:`bench.session.Session` (it reads the session's dataset, options, cache,
 device and seed); every model is built with its weight key known before anything is trained.
@@ -13,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from bench.defense import FitContext, LazyModels
+from bench.defense import PREPROCESSOR, FitContext, LazyModels, Parts, split_spec
 from bench.errors import ConfigError
 from bench.models import LoadedModel, PendingClassifier, recipe_options
 from bench.options import scoped
@@ -33,6 +34,8 @@ class ModelRoles:
     device: Any
     seed: int
     fit_images: int | None
+    built: Any  # Session.built / Session.unsupported
+    unsupported: Any
 
     def _model_opts(self, name: str, target: bool) -> dict[str, Any]:
         """The options of classifier ``name``: ``name.key`` ones, and bare ones (only their
@@ -105,17 +108,73 @@ class ModelRoles:
 
     def guide(self, name: str | None) -> str | None:
         """The model trainable defense ``name`` is trained against when it is not the target
-        (``--defense-opt NAME.guide=MODEL``, HGD's Table 4 setting: a denoiser guided by one model
-        defending another); None for the target itself."""
-        if name is None or not getattr(DEFENSES.get(name).builder, "needs_training", False):
+        (``--defense-opt NAME.guide=MODEL``, or a composite's part ``NAME@MODEL``: HGD's Table 4
+        setting, a denoiser guided by one model defending another); None for the target."""
+        if name is None:
             return None
-        value = self.defense_opts.get(f"{name}.guide", self.defense_opts.get("guide"))
+        base, pinned = split_spec(name)
+        if not getattr(DEFENSES.get(base).builder, "needs_training", False):
+            if pinned is not None:
+                raise ConfigError(f"Defense part {name!r}: {base} is not trained, so no model "
+                                  f"guides it; write {base}.")
+            return None
+        value = pinned if pinned is not None else self.defense_opts.get(
+            f"{base}.guide", self.defense_opts.get("guide"))
         if value is None or value == self.model_name:
             return None
         if not isinstance(value, str) or value not in self.info.models:
-            raise ConfigError(f"--defense-opt {name}.guide={value!r}: use a model of "
-                              f"{self.info.name} ({', '.join(self.info.models)}).")
+            where = f"defense part {name!r}" if pinned is not None else \
+                f"--defense-opt {base}.guide={value!r}"
+            raise ConfigError(f"{where}: use a model of {self.info.name} "
+                              f"({', '.join(self.info.models)}).")
         return value
+
+    def spec(self, name: str) -> str:
+        """Defense ``name`` (``NAME`` or ``NAME@MODEL``) in canonical form: ``NAME`` when that
+        is trained against the same model, so a part equal to a grid's defense is that defense
+        (same weights, same identity)."""
+        base, pinned = split_spec(name)
+        return base if pinned is None or self.guide(name) == self.guide(base) else name
+
+    def model_named(self, name: str) -> nn.Module:
+        """Classifier ``name`` of the dataset with its weights (trained and cached if needed)."""
+        if name == self.model_name:
+            return self.classifier
+        for p in self.pending_surrogates:
+            if p.name == name:
+                return p.load().model
+        raise ConfigError(f"Model {name!r} is not a model of {self.info.name}: use one of "
+                          f"{', '.join(self.info.models)}.")
+
+    def parts(self, name: str) -> Parts:
+        """Composite defense ``name``'s parts, its defenses in canonical form
+        (:meth:`~bench.models.roles.ModelRoles.spec`); empty for any other defense."""
+        models = [self.model_name, *[m for m in self.info.models if m != self.model_name]]
+        p = self.built(name).parts(models)
+        for m in p.models:
+            if m not in self.info.models:
+                raise ConfigError(f"Defense {name}: model {m!r} is not a model of "
+                                  f"{self.info.name}; use {', '.join(self.info.models)}.")
+        return Parts(tuple(self.spec(d) for d in p.defenses), tuple(p.models))
+
+    def _check_parts(self, name: str, parts: Parts) -> bool:
+        """Check composite defense ``name``'s parts (one-line ConfigError); whether one of them,
+        or one of its models, is trained."""
+        trains = False
+        for part in parts.defenses:
+            why = self.unsupported(part)
+            if why:
+                raise ConfigError(f"Defense {name}: its part {part} cannot run on "
+                                  f"{self.info.name}: {why}.")
+            if self.built(part).kind != PREPROCESSOR:
+                raise ConfigError(f"Defense {name}: its part {part} is a whole classifier; a "
+                                  f"composite's defenses are preprocessors (e.g. lgd, none).")
+            trains |= self.built(part).needs_training | self._check_parts(part, self.parts(part))
+        for m in parts.models:
+            if m != self.model_name:
+                p = next(p for p in self.pending_surrogates if p.name == m)
+                trains |= not p.spec["pretrained"]
+        return trains
 
     def _fit_models(self, name: str | None) -> tuple[PendingClassifier, list[PendingClassifier]]:
         """The classifier defense ``name`` is trained against, and the other models (HGD's

@@ -155,6 +155,16 @@ def test_parse_options_accepts_plugin_scoped_keys() -> None:
     assert opts == {"gcln-q10.qs": 20, "lgd.epochs": 5, "timm:resnet18.lr": 0.1, "bits": 4}
 
 
+def test_a_scoped_option_wins_over_a_bare_one_in_either_order() -> None:
+    from bench.options import scoped
+    from bench.registry import DEFENSES
+
+    builder = DEFENSES.get("lgd").builder
+    for opts in ({"lgd.epochs": 1, "epochs": 2}, {"epochs": 2, "lgd.epochs": 1}):
+        assert scoped(opts, "lgd", builder) == {"epochs": 1}
+        assert scoped(opts, "dunet", builder) == {"epochs": 2}
+
+
 def test_int_option_accepts_integers_in_range_and_names_the_fix() -> None:
     from bench.config import int_option
 

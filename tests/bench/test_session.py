@@ -129,3 +129,48 @@ def test_a_guide_trains_the_defense_against_another_model(tmp_path: Path) -> Non
         Session("digits", defense_opts={"lgd.guide": "resnet18"}).validate(["lgd"])
     with pytest.raises(ConfigError, match="takes no option guide"):
         Session("digits", defense_opts={"jpeg.guide": "cnn3x3"}).validate(["jpeg"])
+
+
+def test_a_composite_gets_its_parts_as_they_run_alone(tmp_path: Path) -> None:
+    """HGD Appendix C: an ensemble's parts are the grid's own defenses (same object, same
+    identity), ``NAME@MODEL`` is ``NAME`` guided by MODEL, and every part's identity is in the
+    composite's, so a part's option changes the composite's cells too."""
+    opts = {"ensemble-shared.denoisers": "jpeg", "ensemble-shared.targets": "cnn"}
+    s = Session("digits", n=20, cache=Cache(tmp_path), defense_opts=opts)
+    s.validate(["jpeg", "ensemble-shared"])
+    ens = s.defense("ensemble-shared")
+    assert ens.parts_[0] is s.defense("jpeg") and ens.models_[0] is s.classifier
+    ident = s.defense_id("ensemble-shared")["parts"]
+    assert ident == {"defenses": {"jpeg": s.defense_id("jpeg")},
+                     "models": {"cnn": s.pending_target.key}}
+    other = Session("digits", n=20, cache=Cache(tmp_path),
+                    defense_opts={**opts, "jpeg.quality": 50})
+    assert other.defense_id("ensemble-shared") != s.defense_id("ensemble-shared")
+    assert other.defense_params("ensemble-shared") == s.defense_params("ensemble-shared")
+
+    pairs = Session("digits", cache=Cache(tmp_path))
+    guided = Session("digits", cache=Cache(tmp_path), defense_opts={"lgd.guide": "cnn3x3"})
+    assert pairs.parts("ensemble").defenses == ("lgd", "lgd@cnn3x3")
+    assert pairs.defense_id("lgd@cnn3x3") == guided.defense_id("lgd")
+    assert pairs.spec("lgd@cnn") == "lgd" and pairs.spec("lgd@cnn3x3") == "lgd@cnn3x3"
+    assert guided.spec("lgd@cnn") == "lgd@cnn"  # its own target, where lgd alone is guided
+    assert "guide" not in guided.defense_id("lgd@cnn")
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    ({"ensemble.denoisers": "jpeg@cnn3x3,jpeg"}, "not trained"),
+    ({"ensemble.targets": "cnn,resnet18", "ensemble.combine": "logits"}, "not a model of digits"),
+    ({"ensemble.denoisers": "lgd@resnet18,lgd"}, "use a model of digits"),
+    ({"ensemble.denoisers": "at-pgd"}, "whole classifier"),
+    ({"lgd.epochz": 1}, "epochz"),
+])
+def test_a_composites_bad_part_is_one_line_before_anything_trains(opts: dict[str, object],
+                                                                  message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Session("digits", defense_opts=opts).validate(["ensemble"])
+
+
+def test_a_parts_options_reach_it_when_only_the_composite_is_in_the_grid() -> None:
+    s = Session("digits", defense_opts={"lgd.epochs": 1, "epochs": 2})
+    s.validate(["ensemble"])  # lgd is a part: its scope and the bare epochs are accepted
+    assert s.defense_params("lgd@cnn3x3")["epochs"] == 1

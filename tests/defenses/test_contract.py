@@ -21,7 +21,7 @@ from torch import nn
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.data import Digits
-from bench.defense import MODEL, PREPROCESSOR, Defense, FitContext, fit_or_load
+from bench.defense import MODEL, PREPROCESSOR, Defense, FitContext, fit_or_load, split_spec
 from bench.registry import ATTACKS, DEFENSES, Entry
 from bench.runner import Runner
 from bench.session import Session
@@ -30,6 +30,7 @@ from bench.threat import Pipeline, Threat, attacked_model
 from tests.conftest import TinyNet
 
 SHAPE = (1, 28, 28)
+MODELS = ("target", "other")  # a composite's models: the classifier, the surrogate
 SMALL = {"epochs": 1, "batch_size": 32, "steps": 2, "attack_steps": 2}
 
 
@@ -67,6 +68,12 @@ def fitted(context: FitContext) -> dict[str, Defense]:
         d = build(name)
         fit_or_load(d, context)
         out[name] = d.eval()
+    for d in out.values():  # a composite gets its parts as the harness would hand them over
+        parts = d.parts(MODELS)
+        if parts.defenses or parts.models:
+            d.compose([out[split_spec(p)[0]] for p in parts.defenses],
+                      [context.classifier if m == MODELS[0] else context.surrogates[0]
+                       for m in parts.models])
     return out
 
 
