@@ -24,6 +24,7 @@ from bench.config import check_output_path
 from bench.errors import BenchError, ConfigError
 
 SCHEMA_VERSION = 1
+LOOKUP_CHUNK = 500  # hashes per done() query (SQLite allows 999 bound parameters by default)
 COLUMNS = (
     "config_hash", "dataset", "split", "n", "model", "defense", "defense_kind", "attack", "threat",
     "norm", "eps", "attack_params", "defense_params", "seed", "clean_acc", "robust_acc",
@@ -142,12 +143,17 @@ class Store:
             return cur.fetchone() is not None
 
     def done(self, hashes: Iterable[str]) -> set[str]:
-        """The subset of ``hashes`` already stored."""
-        hashes = list(hashes)
+        """The subset of ``hashes`` already stored: primary-key lookups, in chunks below SQLite's
+        bound-parameter limit, so the cost grows with the hashes asked about, not the store."""
+        hashes = list(dict.fromkeys(hashes))
+        stored: set[str] = set()
         with self._connect() as con:
-            rows = con.execute("SELECT config_hash FROM results").fetchall()
-        stored = {r[0] for r in rows}
-        return {h for h in hashes if h in stored}
+            for i in range(0, len(hashes), LOOKUP_CHUNK):
+                chunk = hashes[i:i + LOOKUP_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                stored.update(r[0] for r in con.execute(
+                    f"SELECT config_hash FROM results WHERE config_hash IN ({marks})", chunk))
+        return stored
 
     def add(self, result: CellResult) -> bool:
         """Write one cell in its own transaction; False when its hash was already stored."""
