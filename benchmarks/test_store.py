@@ -1,0 +1,69 @@
+"""The result store as it grows: ``done()`` lookups and leaderboard rendering per cell at N and
+10 N cells (README: 10,000 and 100,000). Flat means a ratio near 1 (target: at most 1.5)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.report import render
+from bench.store import COLUMNS, CellResult, Store
+
+COLUMNS_PER_ROW = 10  # cells per leaderboard row: 10 attacks at one eps
+
+
+def _fill(path: Path, n: int) -> list[str]:
+    """A store of ``n`` cells (n / 10 defenses x 10 attacks), written in one transaction."""
+    ones = np.ones(10, dtype=np.uint8)
+    proto = CellResult(config_hash="x", dataset="digits", split="test", n=10, model="cnn",
+                       defense="d", defense_kind="preprocessor", attack="pgd100",
+                       threat="oblivious", norm="linf", eps=0.1, seed=0, clean_correct=ones,
+                       robust_correct=ones, wall_time=1.0, device="cpu", git_rev="abc",
+                       attack_params={"steps": 100}).row()
+    Store(path).done([])  # creates the schema
+    hashes = [f"cell{i:07d}" for i in range(n)]
+    rows: list[list[Any]] = []
+    for i, h in enumerate(hashes):
+        row = {**proto, "config_hash": h, "defense": f"d{i // COLUMNS_PER_ROW:05d}",
+               "attack": f"attack{i % COLUMNS_PER_ROW}"}
+        rows.append([row[c] for c in COLUMNS])
+    con = sqlite3.connect(path)
+    with con:
+        con.executemany(f"INSERT INTO results ({', '.join(COLUMNS)}) VALUES "
+                        f"({', '.join('?' for _ in COLUMNS)})", rows)
+    con.close()
+    return hashes
+
+
+def _per_cell(path: Path, hashes: list[str]) -> tuple[float, float]:
+    """Seconds per looked-up hash (up to 1,000 asked, half stored) and per rendered cell."""
+    store = Store(path)
+    half = min(500, len(hashes) // 2)
+    asked = hashes[:half] + [f"missing{i}" for i in range(half)]
+    t0 = time.perf_counter()
+    assert len(store.done(asked)) == half
+    lookup = (time.perf_counter() - t0) / len(asked)
+    t0 = time.perf_counter()
+    render(store.frame(), "md")
+    return lookup, (time.perf_counter() - t0) / len(hashes)
+
+
+def test_store_lookups_and_rendering_stay_flat_as_the_store_grows(
+        benchmark: Any, report: Any, tmp_path: Path) -> None:
+    small = 20 if report.tiny else 10_000
+    sizes = {}
+    for n in (small, 10 * small):
+        path = tmp_path / f"store{n}.sqlite"
+        hashes = _fill(path, n)
+        sizes[n] = min((_per_cell(path, hashes) for _ in range(2)), key=lambda t: t[0] + t[1])
+    benchmark.pedantic(lambda: Store(tmp_path / f"store{small}.sqlite").done(["cell0000001"]),
+                       rounds=3)
+    (l1, r1), (l10, r10) = sizes[small], sizes[10 * small]
+    report.ratio(f"store done() per hash, {10 * small} vs {small} cells", l10 / l1, "<= 1.5",
+                 l10 / l1 <= 1.5, f"{l1 * 1e6:.1f} vs {l10 * 1e6:.1f} us per hash")
+    report.ratio(f"leaderboard per cell, {10 * small} vs {small} cells", r10 / r1, "<= 1.5",
+                 r10 / r1 <= 1.5, f"{r1 * 1e6:.1f} vs {r10 * 1e6:.1f} us per cell")
