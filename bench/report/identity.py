@@ -29,6 +29,7 @@ _SAME_AS = {"attack_params.seed": "seed"}  # an attack's seed is the run's seed 
 # page's tooltip); they split a column only when one row holds cells that differ in them.
 _MARKED = ("eot",)
 _HASHES = ("slice", "classifier", "defense_weights")  # named only when nothing readable differs
+_PARTS = "parts."  # a composite's parts' identities: like digests, named only when needed
 _MODEL_SIDE = ("model_opts.", "classifier")  # beside the model; the rest beside the defense
 
 
@@ -118,7 +119,8 @@ def identify(cells: pd.DataFrame) -> pd.DataFrame:
               for base, st in zip(bases, settings, strict=True)]
     for with_hashes in (False, True):
         row_keys = _varying(settings, row_bases, lambda k, h=with_hashes: (
-            not _is_column_setting(k) and k not in _ROW_BASE and (h or k not in _HASHES)))
+            not _is_column_setting(k) and k not in _ROW_BASE
+            and (h or (k not in _HASHES and not k.startswith(_PARTS)))))
         rows = [base + tuple(st.get(k, "null") for k in row_keys[base])
                 for base, st in zip(row_bases, settings, strict=True)]
         if len(set(zip(rows, labels, strict=True))) == len(cells):

@@ -143,6 +143,24 @@ def test_defense_options_that_differ_label_their_rows(tmp_path: Path) -> None:
                                 "digits/cnn/jpeg (quality=75)"}
 
 
+def test_a_composites_parts_label_its_row_only_when_its_own_options_do_not(
+        tmp_path: Path) -> None:
+    """An ensemble's parts' identities are in its configuration (every part's parameters): its
+    own options name its rows; a part's setting only where nothing else tells two rows apart."""
+    def ens(h: str, robust: list[int], denoisers: str, epochs: int | None) -> CellResult:
+        one = {"params": {"epochs": epochs, "loss": "logit"}, "weights": f"w{epochs}"}
+        parts = {"defenses": {"lgd": one, **({"lgd@cnn3x3": one} if "@" in denoisers else {})}}
+        return _with(_cell("ensemble", "fgsm", "oblivious", robust), h, parts=parts,
+                     defense_params={"denoisers": denoisers, "targets": "all"})
+    rows = [ens("a", [1, 0, 0, 0], "lgd@all", None), ens("b", [1, 1, 0, 0], "lgd", None)]
+    assert list(leaderboard(_variant(tmp_path, rows))["defense"]) == [
+        "ensemble (denoisers=lgd)", "ensemble (denoisers=lgd@all)"]
+    rows = [ens("c", [1, 0, 0, 0], "lgd", None), ens("d", [1, 1, 0, 0], "lgd", 5)]
+    labels = list(leaderboard(_variant(tmp_path / "2", rows))["defense"])
+    assert len(set(labels)) == 2 and all("parts.defenses.lgd.params.epochs=" in d
+                                         for d in labels), labels
+
+
 def test_classifier_options_label_the_model(tmp_path: Path) -> None:
     cells = [_with(_cell("none", "fgsm", "oblivious", r), h, model_opts={"epochs": e},
                    classifier=f"key{e}")
