@@ -29,7 +29,7 @@ from torch import nn
 from bench.config import RunConfig, format_eps
 from bench.errors import ConfigError
 from bench.registry import ATTACKS
-from bench.report.flags import LEGEND, UNBOUNDED, flags, undecided
+from bench.report.flags import LEGEND, UNBOUNDED, findings, undecided
 from bench.report.identity import identify
 from bench.runner import Runner
 from bench.session import Session, derive_seed
@@ -119,11 +119,12 @@ def determinism(s: Session, defense: str) -> dict[str, Any]:
 
 
 def run_audit(cfg: RunConfig, store: Store, eps: float | None = None, steps: int = 100,
-              n_queries: int = 1000) -> tuple[dict[str, list[dict[str, str]]],
+              n_queries: int = 1000) -> tuple[dict[str, list[dict[str, Any]]],
                                               dict[str, dict[str, str]]]:
     """Run the checks' cells and stored checks for ``cfg``'s dataset and defenses; return each
-    defense row's flags (row key -> flags, as :func:`bench.report.flags.flags`) and the checks
-    it could not decide (row key -> code -> why, :func:`bench.report.flags.undecided`)."""
+    defense row's findings, raised or not (row key -> findings, as
+    :func:`bench.report.flags.findings`) and the checks it could not decide (row key -> code ->
+    why, :func:`bench.report.flags.undecided`)."""
     if len(cfg.datasets) != 1:
         raise ConfigError("bench audit takes one --dataset.")
     session = Session.for_config(cfg, cfg.datasets[0], cfg.models[0] if cfg.models else None)
@@ -145,7 +146,7 @@ def run_audit(cfg: RunConfig, store: Store, eps: float | None = None, steps: int
             store.add_check(rid, "nondeterministic", **_split(determinism(session, name)))
     frame = store.frame(hashes)
     cells = identify(frame)
-    return flags(cells, frame.attrs["checks"]), undecided(cells, frame.attrs["checks"])
+    return findings(cells, frame.attrs["checks"]), undecided(cells, frame.attrs["checks"])
 
 
 def _split(result: dict[str, Any]) -> dict[str, Any]:
@@ -153,18 +154,25 @@ def _split(result: dict[str, Any]) -> dict[str, Any]:
                                                  if k != "value"}}
 
 
-def checklist(found: dict[str, list[dict[str, str]]], eps: float,
+def checklist(found: dict[str, list[dict[str, Any]]], eps: float,
               na: dict[str, dict[str, str]] | None = None) -> str:
-    """The audit's report: per defense row, every check with pass, FLAG (and its numbers) or
-    n/a (and why it could not be decided)."""
+    """The audit's report: per defense row, every check with FLAG and the figures of each
+    raised finding, pass and the figures of the closest one (the largest measured value), or
+    n/a and why it could not be decided. ``found``: row key -> findings
+    (:func:`bench.report.flags.findings`; a finding without ``raised`` counts as raised)."""
     lines = [f"Gradient-masking checklist at eps {format_eps(eps)} (a flag is a warning, not a "
              f"verdict):"]
     for key, row in found.items():
         lines.append(f"\n{key}")
-        by_code = {f["code"]: f for f in row}
         for code, text in LEGEND.items():
-            f, why = by_code.get(code), (na or {}).get(key, {}).get(code)
-            mark = "FLAG" if f else ("n/a " if why else "pass")
-            lines.append(f"  [{mark}] {code} {text.split(':')[0]}"
-                         + (f": {f['detail']}" if f else (f" ({why})" if why else "")))
+            mine = [f for f in row if f["code"] == code]
+            raised = [f for f in mine if f.get("raised", True)]
+            why = (na or {}).get(key, {}).get(code)
+            if raised:
+                mark, tail = "FLAG", ": " + "; ".join(f["detail"] for f in raised)
+            elif mine:
+                mark, tail = "pass", ": " + max(mine, key=lambda f: f["value"])["detail"]
+            else:
+                mark, tail = ("n/a ", f" ({why})") if why else ("pass", "")
+            lines.append(f"  [{mark}] {code} {text.split(':')[0]}{tail}")
     return "\n".join(lines) + "\n"

@@ -42,8 +42,11 @@ LEGEND = {
 TITLES = {code: text.split(":")[0] for code, text in LEGEND.items()}
 
 
-def _flag(code: str, detail: str) -> dict[str, str]:
-    return {"code": code, "title": TITLES[code], "detail": detail}
+def _flag(code: str, detail: str, raised: bool = True, value: float = 0.0) -> dict[str, Any]:
+    """A check's finding: its figures (``detail``), whether it raises the flag, and the measured
+    quantity (``value``: share of images, or points) that decides it, so a pass has figures too."""
+    return {"code": code, "title": TITLES[code], "detail": detail, "raised": bool(raised),
+            "value": float(value)}
 
 
 def _share(k: int, n: int) -> str:
@@ -59,9 +62,16 @@ def _is(cell: pd.Series, key: str) -> Any:
     return meta.get(key)
 
 
+SERIES = ("eot", "source")  # settings outside attack_params that make another attack series
+
+
 def _params(cell: pd.Series, drop: tuple[str, ...]) -> str:
+    """The attack's identity but for ``drop``: its parameters and the settings of
+    :data:`SERIES` (an EOT-20 cell and a one-draw cell are two series, not one)."""
     p = cell["attack_params"] if isinstance(cell["attack_params"], dict) else {}
-    return repr(sorted((k, repr(v)) for k, v in p.items() if k not in drop))
+    config = cell["config"] if isinstance(cell.get("config"), dict) else {}
+    extra = [(k, repr(config[k])) for k in SERIES if k in config]
+    return repr(sorted((k, repr(v)) for k, v in p.items() if k not in drop) + extra)
 
 
 def _gradient_and_blackbox(g: pd.DataFrame, clean: np.ndarray
@@ -99,23 +109,21 @@ def _per_eps(g: pd.DataFrame, clean: np.ndarray, n: int) -> Iterator[dict[str, s
             if single and iterative:
                 left = clean & ~np.logical_or.reduce([_broken(c, clean) for c in iterative])
                 k = int((np.logical_or.reduce([_broken(c, clean) for c in single]) & left).sum())
-                if k > SHARE * n:
-                    yield _flag("SS", f"{single[0]['_label']} broke {_share(k, n)} that "
-                                      f"{', '.join(c['_label'] for c in iterative)} did not "
-                                      f"({threat})")
+                yield _flag("SS", f"{single[0]['_label']} broke {_share(k, n)} that "
+                                  f"{', '.join(c['_label'] for c in iterative)} did not "
+                                  f"({threat})", k > SHARE * n, k / max(n, 1))
         grad, black, names = _gradient_and_blackbox(e, clean)
         k = int((black & ~grad).sum())
-        if names and grad.any() and k > SHARE * n:
+        if names and grad.any():
             yield _flag("BB", f"{', '.join(dict.fromkeys(names))} broke {_share(k, n)} that "
-                              f"the whitebox gradient attacks did not{at}")
+                              f"the whitebox gradient attacks did not{at}", k > SHARE * n,
+                        k / max(n, 1))
         for _, pair in e.groupby(["attack", e["attack_params"].map(repr)], sort=False):
-            obl = pair[pair["threat"] == "oblivious"]
-            wb = pair[pair["threat"] == "whitebox"]
-            if len(obl) and len(wb):
-                k = int((_broken(obl.iloc[0], clean) & ~_broken(wb.iloc[0], clean)).sum())
-                if k > SHARE * n:
-                    yield _flag("WO", f"{obl.iloc[0]['_label']} broke {_share(k, n)} that "
-                                      f"{wb.iloc[0]['_label']} did not")
+            for _, obl in pair[pair["threat"] == "oblivious"].iterrows():
+                for _, wb in pair[pair["threat"] == "whitebox"].iterrows():
+                    k = int((_broken(obl, clean) & ~_broken(wb, clean)).sum())
+                    yield _flag("WO", f"{obl['_label']} broke {_share(k, n)} that "
+                                      f"{wb['_label']} did not", k > SHARE * n, k / max(n, 1))
 
 
 def _convergence(g: pd.DataFrame) -> Iterator[dict[str, str]]:
@@ -126,58 +134,68 @@ def _convergence(g: pd.DataFrame) -> Iterator[dict[str, str]]:
         for b in cells:
             same = (a["attack"], a["threat"], a["eps"], _params(a, ("steps", "alpha"))) == \
                    (b["attack"], b["threat"], b["eps"], _params(b, ("steps", "alpha")))
-            if same and b["attack_params"]["steps"] == 2 * a["attack_params"]["steps"] and \
-                    a["robust_acc"] - b["robust_acc"] > POINTS:
+            if same and b["attack_params"]["steps"] == 2 * a["attack_params"]["steps"]:
+                drop = float(a["robust_acc"] - b["robust_acc"])
                 yield _flag("NC", f"{a['_label']} {100 * a['robust_acc']:.1f}% -> "
                                   f"{b['attack_params']['steps']} steps "
-                                  f"{100 * b['robust_acc']:.1f}%")
+                                  f"{100 * b['robust_acc']:.1f}%", drop > POINTS, drop)
 
 
 def _monotone(g: pd.DataFrame) -> Iterator[dict[str, str]]:
     """EPS: accuracy rises with eps for one attack and threat."""
-    key = g["attack_params"].map(lambda p: _params(pd.Series({"attack_params": p}), ("alpha",)))
+    key = g.apply(lambda c: _params(c, ("alpha",)), axis=1)
     for _, s in g.groupby(["attack", "threat", key], sort=False):
         s = s.sort_values("eps")
         acc, eps = list(s["robust_acc"].astype(float)), list(s["eps"].astype(float))
-        for i in range(1, len(acc)):
-            if acc[i] > min(acc[:i]) + POINTS:
-                j = int(np.argmin(acc[:i]))
-                yield _flag("EPS", f"{s.iloc[0]['attack']}/{s.iloc[0]['threat']}: "
-                                   f"{100 * acc[j]:.1f}% at eps {format_eps(eps[j])} but "
-                                   f"{100 * acc[i]:.1f}% at eps {format_eps(eps[i])}")
-                break
+        if len(acc) < 2:
+            continue
+        rise = max(acc[i] - min(acc[:i]) for i in range(1, len(acc)))
+        curve = ", ".join(f"{100 * a:.1f}% at eps {format_eps(e)}"
+                          for a, e in zip(acc, eps, strict=True))
+        yield _flag("EPS", f"{s.iloc[0]['attack']}/{s.iloc[0]['threat']}: {curve}",
+                    rise > POINTS, rise)
 
 
 def _unbounded(g: pd.DataFrame, classes: int) -> Iterator[dict[str, str]]:
     """UB: an attack at eps 1 leaves more than chance."""
     for _, c in g[g["eps"].astype(float) >= UNBOUNDED - 1e-9].iterrows():
-        if c["threat"] == "whitebox" and c["robust_acc"] > 1.0 / classes and \
-                _is(c, "audit_role") != "noise":
+        if c["threat"] == "whitebox" and _is(c, "audit_role") != "noise":
             yield _flag("UB", f"{c['_label']} leaves {100 * c['robust_acc']:.1f}% "
-                              f"(chance {100 / classes:.1f}%)")
+                              f"(chance {100 / classes:.1f}%)", c["robust_acc"] > 1.0 / classes,
+                        float(c["robust_acc"]))
 
 
 def _stored_checks(checks: dict[str, dict[str, Any]], n: int) -> Iterator[dict[str, str]]:
     zg = checks.get("zero_gradients")
-    if zg and zg["value"] > SHARE:
+    if zg:
         yield _flag("ZG", f"{_share(int(zg['count']), int(zg['n']))} have an all-zero input "
-                          f"gradient of the loss ({zg.get('through', 'through the defense')})")
+                          f"gradient of the loss ({zg.get('through', 'through the defense')})",
+                    zg["value"] > SHARE, float(zg["value"]))
     nd = checks.get("nondeterministic")
-    if nd and nd["value"] > 0 and not nd.get("randomized", False):
+    if nd and not nd.get("randomized", False):
         yield _flag("ND", f"{_share(int(nd['count']), int(nd['n']))} get different logits "
-                          f"from two forward passes (max difference {nd['max_diff']:.3g})")
+                          f"from two forward passes (max difference {nd['max_diff']:.3g})",
+                    nd["value"] > 0, float(nd["value"]))
 
 
-def row_flags(g: pd.DataFrame, checks: dict[str, dict[str, Any]],
-              classes: int = 10) -> list[dict[str, str]]:
-    """The flags of one leaderboard row (its identified cells ``g``, all over the same images)
-    and its stored checks; each ``{"code", "title", "detail"}``, in :data:`LEGEND` order."""
+def row_findings(g: pd.DataFrame, checks: dict[str, dict[str, Any]],
+                 classes: int = 10) -> list[dict[str, Any]]:
+    """Every finding of one leaderboard row (its identified cells ``g``, all over the same
+    images) and its stored checks, raised or not, in :data:`LEGEND` order: ``{"code", "title",
+    "detail", "raised", "value"}``."""
     n = int(g["n"].iloc[0])
     clean = clean_of(g)
     found = [*_per_eps(g, clean, n), *_convergence(g), *_monotone(g), *_unbounded(g, classes),
              *_stored_checks(checks, n)]
     order = list(LEGEND)
     return sorted(found, key=lambda f: order.index(f["code"]))
+
+
+def row_flags(g: pd.DataFrame, checks: dict[str, dict[str, Any]],
+              classes: int = 10) -> list[dict[str, Any]]:
+    """The raised flags of one row (:func:`row_findings`); each ``{"code", "title",
+    "detail"}`` (and ``raised``, ``value``)."""
+    return [f for f in row_findings(g, checks, classes) if f["raised"]]
 
 
 def not_applicable(g: pd.DataFrame, checks: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -235,6 +253,17 @@ def flags(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
         first = g.iloc[0]
         key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
         out[key] = row_flags(g, _row_checks(g, checks), _classes(first["dataset"]))
+    return out
+
+
+def findings(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
+             ) -> dict[str, list[dict[str, Any]]]:
+    """Row key -> every finding of the row, raised or not (:func:`row_findings`)."""
+    out = {}
+    for _, g in cells.groupby("_row", sort=False):
+        first = g.iloc[0]
+        key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
+        out[key] = row_findings(g, _row_checks(g, checks), _classes(first["dataset"]))
     return out
 
 

@@ -17,16 +17,16 @@ N = 100
 
 def cell(attack: str, threat: str, broken: int, eps: float = 0.2, offset: int = 0,
          role: str | None = None, gradient_free: bool = False, steps: int | None = None,
-         defense: str = "d", **meta: Any) -> CellResult:
+         defense: str = "d", eot: int | None = None, **meta: Any) -> CellResult:
     """A cell on N images where images offset..offset+broken-1 are broken."""
     robust = np.ones(N, dtype=np.uint8)
     robust[offset:offset + broken] = 0
     params = {"steps": steps} if steps else {}
     config = {"dataset": "digits", "model": "cnn", "defense": defense, "n": N, "seed": 0,
               "slice": "s1", "attack": attack, "threat": threat, "eps": eps,
-              "attack_params": params}
+              "attack_params": params, **({"eot": eot} if eot else {})}
     return CellResult(
-        config_hash=f"{defense}-{attack}-{threat}-{eps}-{steps}", dataset="digits",
+        config_hash=f"{defense}-{attack}-{threat}-{eps}-{steps}-{eot}", dataset="digits",
         split="test", n=N, model="cnn", defense=defense, defense_kind="preprocessor",
         attack=attack, threat=threat, norm="linf", eps=eps, seed=0,
         clean_correct=np.ones(N, dtype=np.uint8), robust_correct=robust, wall_time=1.0,
@@ -72,7 +72,7 @@ def test_each_check_raises_its_flag_with_its_numbers(tmp_path: Path) -> None:
         "nondeterministic": (0.05, {"count": 5, "n": N, "max_diff": 0.5})})
     assert set(found) == set(LEGEND) - {"NC"}
     assert "broke 30 of 100 images (30.0%)" in found["SS"]
-    assert "50.0% at eps 0.1 but 80.0% at eps 0.2" in found["EPS"]
+    assert "50.0% at eps 0.1, 80.0% at eps 0.2" in found["EPS"]
     assert "leaves 30.0% (chance 10.0%)" in found["UB"]
     # Square broke 70..94; FGSM (a whitebox gradient attack too) already broke 70..79
     assert found["BB"].startswith("square/whitebox@0.2 broke 15 of 100 images")
@@ -85,6 +85,36 @@ def test_not_converged_when_doubling_steps_lowers_accuracy(tmp_path: Path) -> No
     found = codes(tmp_path, [cell("pgd10", "whitebox", 20, role="iterative", steps=10),
                              cell("pgd10", "whitebox", 40, role="iterative", steps=20)])
     assert found == {"NC": "pgd10/whitebox@0.2 (steps=10) 80.0% -> 20 steps 60.0%"}
+
+
+def test_an_eot_attack_and_a_one_draw_attack_are_two_series(tmp_path: Path) -> None:
+    """EPS and NC compare one attack with itself: EOT-20 cells beside one-draw cells (a
+    randomized defense attacked both ways) are not one series whose steps or eps changed."""
+    found = codes(tmp_path, [cell("pgd10", "whitebox", 50, role="iterative", steps=10),
+                             cell("pgd10", "whitebox", 90, role="iterative", steps=20, eot=20),
+                             cell("pgd10", "whitebox", 90, eps=0.1, role="iterative", steps=10,
+                                  eot=20)])
+    assert found == {}
+
+
+def test_a_passed_check_keeps_its_figures(tmp_path: Path) -> None:
+    from bench.audit import checklist
+    from bench.report.flags import findings, undecided
+    from bench.report.identity import identify
+
+    store = Store(tmp_path / "p.sqlite")
+    for c in (cell("fgsm", "whitebox", 10, role="single-step"),
+              cell("pgd10", "whitebox", 20, role="iterative", steps=10),
+              cell("pgd10", "oblivious", 5, role="iterative", steps=10)):
+        store.add(c)
+    frame = store.frame()
+    cells = identify(frame)
+    found = findings(cells, frame.attrs["checks"])
+    assert {f["code"]: f["raised"] for f in found["digits/cnn/d"]} == {"SS": False, "WO": False}
+    text = checklist(found, 0.2, undecided(cells, frame.attrs["checks"]))
+    assert "[pass] SS single-step beats iterative: fgsm/whitebox@0.2 broke 0 of 100" in text
+    assert "[pass] WO whitebox weaker than oblivious: pgd10/oblivious@0.2 broke 0 of 100" in text
+    assert "[n/a ] NC" in text
 
 
 def test_nondeterminism_of_a_randomized_defense_is_no_flag(tmp_path: Path) -> None:
