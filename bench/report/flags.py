@@ -244,35 +244,32 @@ def _classes(dataset: str) -> int:
         return 10
 
 
-def flags(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
-          ) -> dict[str, list[dict[str, str]]]:
-    """Row key (``dataset/model/defense`` as shown) -> its flags, for identified ``cells``;
-    ``checks`` as :meth:`bench.store.Store.checks` returns them."""
+def _per_row(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]],
+             each: Any) -> dict[str, Any]:
+    """Row key (``dataset/model/defense`` as shown) -> ``each(cells of the row, its stored
+    checks, its dataset's classes)``, for identified ``cells``."""
     out = {}
     for _, g in cells.groupby("_row", sort=False):
         first = g.iloc[0]
         key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
-        out[key] = row_flags(g, _row_checks(g, checks), _classes(first["dataset"]))
+        out[key] = each(g, _row_checks(g, checks), _classes(first["dataset"]))
     return out
+
+
+def flags(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
+          ) -> dict[str, list[dict[str, Any]]]:
+    """Row key -> its raised flags (:func:`row_flags`), for identified ``cells``; ``checks``
+    as :meth:`bench.store.Store.checks` returns them."""
+    return _per_row(cells, checks, row_flags)
 
 
 def findings(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
              ) -> dict[str, list[dict[str, Any]]]:
     """Row key -> every finding of the row, raised or not (:func:`row_findings`)."""
-    out = {}
-    for _, g in cells.groupby("_row", sort=False):
-        first = g.iloc[0]
-        key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
-        out[key] = row_findings(g, _row_checks(g, checks), _classes(first["dataset"]))
-    return out
+    return _per_row(cells, checks, row_findings)
 
 
 def undecided(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
               ) -> dict[str, dict[str, str]]:
     """Row key -> :func:`not_applicable` for identified ``cells``."""
-    out = {}
-    for _, g in cells.groupby("_row", sort=False):
-        first = g.iloc[0]
-        key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
-        out[key] = not_applicable(g, _row_checks(g, checks))
-    return out
+    return _per_row(cells, checks, lambda g, c, _: not_applicable(g, c))
