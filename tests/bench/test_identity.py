@@ -115,8 +115,8 @@ def test_every_defense_option_changes_the_cell(name: str, option: str, runner: R
         return json.dumps(runner.cell_config(s, name, attack, Threat.WHITEBOX), sort_keys=True,
                           default=str)
 
-    value = _changed(DEFENSES, name, option, lambda v: Session(
-        DATASET, defense_opts={f"{name}.{option}": v}).built(name))
+    value = _changed(DEFENSES, name, option, lambda v: Session(  # validate: a composite's
+        DATASET, defense_opts={f"{name}.{option}": v}).validate([name]))  # parts too
     assert config(**{option: value}) != config(), f"{name}.{option}={value!r} is not in the cell"
 
 
