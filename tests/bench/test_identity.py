@@ -26,7 +26,7 @@ EPS = 0.2
 DATASET = get_dataset("digits")
 TEXT = ["random", "least-likely", "small", "every", "ce", "dlr", "label", "logit", "pixel",
         "feature", "mean", "null", "fgsm", "cnn3x3", "resnet152", "imagenet", "2,3,4,4,4",
-        "1,1,1,1", "15", "8,15", "random-kaiming"]
+        "1,1,1,1", "15", "8,15", "random-kaiming", "images", "logits", "dunet@all"]
 
 
 def _options(registry: Registry[Any]) -> list[tuple[str, str]]:
