@@ -78,9 +78,11 @@ def _show(key: str, value: str) -> str:
 
 def _varying(settings: list[dict[str, str]], groups: list[Any], keep: Any) -> dict[Any, list[str]]:
     """Per group, the settings (``keep(key)`` true) whose values differ among its cells."""
+    by_group: dict[Any, list[dict[str, str]]] = {}
+    for st, g in zip(settings, groups, strict=True):  # one pass: linear in the cells
+        by_group.setdefault(g, []).append(st)
     out: dict[Any, list[str]] = {}
-    for g in dict.fromkeys(groups):
-        members = [st for st, gg in zip(settings, groups, strict=True) if gg == g]
+    for g, members in by_group.items():
         keys = sorted({k for st in members for k in st if keep(k)})
         out[g] = [k for k in keys if len({st.get(k) for st in members}) > 1]
     return out
