@@ -123,7 +123,7 @@ class Session(ModelRoles):
         Raises:
             BenchError: one line saying what is wrong and how to fix it.
         """
-        models = [self.model_name, *[m for m in self.info.models if m != self.model_name]]
+        models = self.model_names
         check_scopes(self.model_opts, "model", models, "--model-opt", known=list(models))
         parts = {name: self.parts(name) for name in defenses if not self.unsupported(name)}
         grid = [*defenses, *[split_spec(p)[0] for ps in parts.values() for p in ps.defenses]]
@@ -207,12 +207,11 @@ class Session(ModelRoles):
         weights = (stable_hash(weights_key(d, self.fit_key(name), self.seed, self.fit_budget))
                    if d.needs_training else None)
         parts = self.parts(name)
-        keys = {p.name: p.key for p in [self.pending_target, *self.pending_surrogates]}
         return {"params": self.defense_params(name), "weights": weights,
                 "fit_images": self.fit_budget if d.needs_training else None,
                 **({"guide": self.guide(name)} if self.guide(name) else {}),
                 **({"parts": {"defenses": {p: self.defense_id(p) for p in parts.defenses},
-                              "models": {m: keys[m] for m in parts.models}}}
+                              "models": {m: self.pending_named(m).key for m in parts.models}}}
                    if parts.defenses or parts.models else {})}
 
     @property

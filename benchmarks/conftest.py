@@ -9,6 +9,7 @@ through ``tests/test_benchmarks.py``); the numbers of a tiny run mean nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,12 @@ def report(request: pytest.FixtureRequest) -> Recorder:
 
 
 @pytest.fixture(scope="session")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A cache of its own for the whole run (classifiers trained once), never the user's."""
     path = tmp_path_factory.mktemp("bench-benchmarks")
-    os.environ["BENCH_CACHE_DIR"] = str(path / "cache")
-    return path
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_CACHE_DIR", str(path / "cache"))
+        yield path
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

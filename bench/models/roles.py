@@ -136,21 +136,28 @@ class ModelRoles:
         base, pinned = split_spec(name)
         return base if pinned is None or self.guide(name) == self.guide(base) else name
 
-    def model_named(self, name: str) -> nn.Module:
-        """Classifier ``name`` of the dataset with its weights (trained and cached if needed)."""
-        if name == self.model_name:
-            return self.classifier
-        for p in self.pending_surrogates:
+    @property
+    def model_names(self) -> list[str]:
+        """The dataset's models, the target first."""
+        return [self.model_name, *[m for m in self.info.models if m != self.model_name]]
+
+    def pending_named(self, name: str) -> PendingClassifier:
+        """Model ``name`` of the dataset (the target or a surrogate), its weight key known."""
+        for p in [self.pending_target, *self.pending_surrogates]:
             if p.name == name:
-                return p.load().model
+                return p
         raise ConfigError(f"Model {name!r} is not a model of {self.info.name}: use one of "
                           f"{', '.join(self.info.models)}.")
+
+    def model_named(self, name: str) -> nn.Module:
+        """Classifier ``name`` of the dataset with its weights (trained and cached if needed)."""
+        return self.classifier if name == self.model_name else \
+            self.pending_named(name).load().model
 
     def parts(self, name: str) -> Parts:
         """Composite defense ``name``'s parts, its defenses in canonical form
         (:meth:`~bench.models.roles.ModelRoles.spec`); empty for any other defense."""
-        models = [self.model_name, *[m for m in self.info.models if m != self.model_name]]
-        p = self.built(name).parts(models)
+        p = self.built(name).parts(self.model_names)
         for m in p.models:
             if m not in self.info.models:
                 raise ConfigError(f"Defense {name}: model {m!r} is not a model of "
@@ -170,11 +177,7 @@ class ModelRoles:
                 raise ConfigError(f"Defense {name}: its part {part} is a whole classifier; a "
                                   f"composite's defenses are preprocessors (e.g. lgd, none).")
             trains |= self.built(part).needs_training | self._check_parts(part, self.parts(part))
-        for m in parts.models:
-            if m != self.model_name:
-                p = next(p for p in self.pending_surrogates if p.name == m)
-                trains |= not p.spec["pretrained"]
-        return trains
+        return trains or any(not self.pending_named(m).spec["pretrained"] for m in parts.models)
 
     def _fit_models(self, name: str | None) -> tuple[PendingClassifier, list[PendingClassifier]]:
         """The classifier defense ``name`` is trained against, and the other models (HGD's

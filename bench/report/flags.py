@@ -95,7 +95,7 @@ def _gradient_and_blackbox(g: pd.DataFrame, clean: np.ndarray
     return grad, black, names
 
 
-def _per_eps(g: pd.DataFrame, clean: np.ndarray, n: int) -> Iterator[dict[str, str]]:
+def _per_eps(g: pd.DataFrame, clean: np.ndarray, n: int) -> Iterator[dict[str, Any]]:
     """SS, BB and WO: per-image comparisons among the cells of one eps."""
     for eps, e in g.groupby("eps", sort=True):
         at = f" at eps {format_eps(float(eps))}"
@@ -126,7 +126,7 @@ def _per_eps(g: pd.DataFrame, clean: np.ndarray, n: int) -> Iterator[dict[str, s
                                       f"{wb['_label']} did not", k > SHARE * n, k / max(n, 1))
 
 
-def _convergence(g: pd.DataFrame) -> Iterator[dict[str, str]]:
+def _convergence(g: pd.DataFrame) -> Iterator[dict[str, Any]]:
     """NC: the same attack with twice the steps is more than a point stronger."""
     cells = [c for _, c in g.iterrows() if isinstance(c["attack_params"], dict)
              and "steps" in c["attack_params"] and not suite_members(c["metadata"])]
@@ -141,7 +141,7 @@ def _convergence(g: pd.DataFrame) -> Iterator[dict[str, str]]:
                                   f"{100 * b['robust_acc']:.1f}%", drop > POINTS, drop)
 
 
-def _monotone(g: pd.DataFrame) -> Iterator[dict[str, str]]:
+def _monotone(g: pd.DataFrame) -> Iterator[dict[str, Any]]:
     """EPS: accuracy rises with eps for one attack and threat."""
     key = g.apply(lambda c: _params(c, ("alpha",)), axis=1)
     for _, s in g.groupby(["attack", "threat", key], sort=False):
@@ -156,7 +156,7 @@ def _monotone(g: pd.DataFrame) -> Iterator[dict[str, str]]:
                     rise > POINTS, rise)
 
 
-def _unbounded(g: pd.DataFrame, classes: int) -> Iterator[dict[str, str]]:
+def _unbounded(g: pd.DataFrame, classes: int) -> Iterator[dict[str, Any]]:
     """UB: an attack at eps 1 leaves more than chance."""
     for _, c in g[g["eps"].astype(float) >= UNBOUNDED - 1e-9].iterrows():
         if c["threat"] == "whitebox" and _is(c, "audit_role") != "noise":
@@ -165,7 +165,7 @@ def _unbounded(g: pd.DataFrame, classes: int) -> Iterator[dict[str, str]]:
                         float(c["robust_acc"]))
 
 
-def _stored_checks(checks: dict[str, dict[str, Any]], n: int) -> Iterator[dict[str, str]]:
+def _stored_checks(checks: dict[str, dict[str, Any]], n: int) -> Iterator[dict[str, Any]]:
     zg = checks.get("zero_gradients")
     if zg:
         yield _flag("ZG", f"{_share(int(zg['count']), int(zg['n']))} have an all-zero input "
