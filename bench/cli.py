@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from bench.config import (
     ENV_CACHE_DIR,
+    EXECUTORS,
     RunConfig,
     cache_dir,
     check_output_path,
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--source-model", default=None, help="the transfer attack's source model")
     aud.add_argument("--attack-opt", action="append", metavar="[NAME.]KEY=VALUE")
     aud.add_argument("--results", default=None, help="SQLite store (default results/bench.sqlite)")
+    _executor(aud)
     aud.set_defaults(func=cmd_audit)
 
     lst = sub.add_parser("list", help="list registered plugins")
@@ -183,6 +185,19 @@ def _grid(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack-opt", action="append", metavar="[NAME.]KEY=VALUE")
     p.add_argument("--results", default=None, help="SQLite store (default results/bench.sqlite)")
     p.add_argument("--config", default=None, help="JSON file of RunConfig fields")
+    _executor(p)
+
+
+def _executor(p: argparse.ArgumentParser) -> None:
+    """How the grid's cells run (never what they compute: the store is the same)."""
+    p.add_argument("--executor", choices=list(EXECUTORS), default=None,
+                   help="local (default: one cell after another here) or ray (a task per "
+                        "dataset x model x defense on a Ray cluster, this process writing the "
+                        "store)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (default $RAY_ADDRESS, else a local instance)")
+    p.add_argument("--ray-cpus", type=_positive_int, default=None,
+                   help="CPUs per Ray task, its torch thread count (default 1)")
 
 
 def _analysis(p: argparse.ArgumentParser) -> None:
@@ -208,6 +223,8 @@ _FIELDS = {
     "eval_draws": ("eval_draws", None),
     "defense_opt": ("defense_opts", parse_options), "attack_opt": ("attack_opts", parse_options),
     "model_opt": ("model_opts", parse_options),
+    "executor": ("executor", None), "ray_address": ("ray_address", None),
+    "ray_cpus": ("ray_cpus", None),
 }
 
 

@@ -20,6 +20,8 @@ from bench.errors import ConfigError
 ENV_DATA_ROOT = "BENCH_DATA_ROOT"
 ENV_CACHE_DIR = "BENCH_CACHE_DIR"
 ENV_RESULTS = "BENCH_RESULTS"
+ENV_EXECUTOR = "BENCH_EXECUTOR"  # the executor when neither the command line nor --config sets one
+EXECUTORS = ("local", "ray")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -229,6 +231,11 @@ class RunConfig:
     defense_opts: dict[str, Any] = field(default_factory=dict)
     attack_opts: dict[str, Any] = field(default_factory=dict)
     model_opts: dict[str, Any] = field(default_factory=dict)
+    # How the grid runs, never what it computes (no cell's configuration or hash holds these):
+    # ``local`` (one cell after another in this process) or ``ray`` (see bench.executor).
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_cpus: int = 1
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -275,6 +282,17 @@ class RunConfig:
                 raise ConfigError(f"{name} must be a string, got {value!r}.")
         for name in ("defense_opts", "attack_opts", "model_opts"):
             put(self, name, _options(name, getattr(self, name)))
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"--executor {self.executor!r} (or ${ENV_EXECUTOR}): use one of "
+                              f"{', '.join(EXECUTORS)}.")
+        if self.ray_address is not None and not (isinstance(self.ray_address, str)
+                                                 and self.ray_address.strip()):
+            raise ConfigError(f"ray_address must be an address such as 'auto' or "
+                              f"'ray://head:10001', got {self.ray_address!r}.")
+        cpus = _int("ray_cpus", self.ray_cpus, None, optional=False)
+        if cpus is not None and cpus <= 0:
+            raise ConfigError(f"--ray-cpus {cpus} must be a positive number of CPUs per task.")
+        put(self, "ray_cpus", cpus)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -307,7 +325,8 @@ class RunConfig:
         defaults (variant defaults apply later, when plugins are built). Option dicts merge key
         by key, the command line winning."""
         file_values = cls.read_file(path) if path else {}
-        merged = {**(defaults or {}), **file_values, **given}
+        env = {"executor": os.environ[ENV_EXECUTOR]} if os.environ.get(ENV_EXECUTOR) else {}
+        merged = {**env, **(defaults or {}), **file_values, **given}
         for name in ("defense_opts", "attack_opts", "model_opts"):
             if isinstance(file_values.get(name), dict) and name in given:
                 merged[name] = {**file_values[name], **given[name]}

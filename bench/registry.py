@@ -258,6 +258,14 @@ class Registry(Generic[T]):
             )
         self._entries[entry.name] = entry
 
+    def adopt(self, entries: list[Entry[T]]) -> None:
+        """Register ``entries`` (another process's, e.g. a driver's own plugins shipped to a
+        worker) whose names are not registered here yet."""
+        self.load()
+        for entry in entries:
+            if entry.name not in self._entries:
+                self._add(entry)
+
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> None:
         """Import the built-in plugins and the third-party entry points, once.

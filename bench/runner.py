@@ -14,6 +14,7 @@ import logging
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -115,6 +116,16 @@ class Cell:
         return derive_seed("cell", self.hash)
 
 
+@dataclass(frozen=True)
+class Group:
+    """The unit of work of an executor: the cells not yet stored of one defense in one
+    (dataset, model) session."""
+
+    session: Session
+    defense: str
+    cells: list[Cell]
+
+
 class Runner:
     """Runs a :class:`RunConfig` grid into a :class:`Store`."""
 
@@ -141,11 +152,37 @@ class Runner:
         return out
 
     def run(self) -> list[str]:
-        """Run every cell not yet stored; return the hashes of all cells of the grid."""
-        hashes: list[str] = []
-        for session in self.sessions():
-            hashes += self._run_session(session)
+        """Run every cell not yet stored, through the configured executor (``cfg.executor``);
+        return the hashes of all cells of the grid. Only this process writes the store."""
+        from bench.executor import executor_for
+
+        hashes, groups = self.groups(self.sessions())
+        for result in executor_for(self.cfg).run(self, groups):
+            self.store.add(result)
         return hashes
+
+    def groups(self, sessions: list[Session]) -> tuple[list[str], list[Group]]:
+        """The hashes of every cell of the grid, and its cells not yet stored grouped by
+        (dataset, model, defense): the unit of work an executor runs (the defense is fitted
+        once and its clean accuracy measured once per group)."""
+        hashes: list[str] = []
+        groups: list[Group] = []
+        for s in sessions:
+            for d_name in self.defenses():
+                why = s.unsupported(d_name)
+                if why:
+                    log.warning("skipping %s on %s: %s", d_name, s.info.name, why)
+                    continue
+                cells = self.plan(s, d_name)
+                hashes += [c.hash for c in cells]
+                done = self.store.done(c.hash for c in cells)
+                todo = [c for c in cells if c.hash not in done]
+                if len(todo) < len(cells):
+                    log.info("%s/%s/%s: %d of %d cells already stored", s.info.name,
+                             s.model_name, d_name, len(cells) - len(todo), len(cells))
+                if todo:
+                    groups.append(Group(s, d_name, todo))
+        return hashes, groups
 
     def defenses(self) -> list[str]:
         """The requested defenses with the undefended baseline first (always compared)."""
@@ -164,24 +201,6 @@ class Runner:
                     cells.append(Cell(defense, attack, t, e, config,
                                       stable_hash(config, length=24)))
         return cells
-
-    def _run_session(self, s: Session) -> list[str]:
-        hashes = []
-        for d_name in self.defenses():
-            why = s.unsupported(d_name)
-            if why:
-                log.warning("skipping %s on %s: %s", d_name, s.info.name, why)
-                continue
-            cells = self.plan(s, d_name)
-            hashes += [c.hash for c in cells]
-            done = self.store.done(c.hash for c in cells)
-            todo = [c for c in cells if c.hash not in done]
-            if len(todo) < len(cells):
-                log.info("%s/%s/%s: %d of %d cells already stored", s.info.name, s.model_name,
-                         d_name, len(cells) - len(todo), len(cells))
-            if todo:
-                self._run_defense(s, d_name, todo)
-        return hashes
 
     def cell_config(self, s: Session, defense: str, attack: Attack,
                     threat: Threat) -> dict[str, Any]:
@@ -221,7 +240,9 @@ class Runner:
             out["suite"] = [m.describe(attack.member(m)) for m in members]
         return out
 
-    def _run_defense(self, s: Session, d_name: str, todo: list[Cell]) -> None:
+    def evaluate(self, s: Session, d_name: str, todo: list[Cell]) -> Iterator[CellResult]:
+        """The results of cells ``todo`` of defense ``d_name`` in session ``s``, one by one as
+        each is computed (the caller stores them)."""
         t0 = time.perf_counter()
         defense = s.defense(d_name)
         ident = stable_hash({"defense": s.defense_id(d_name), "slice": s.slice_id,
@@ -241,10 +262,11 @@ class Runner:
                 extra["suite"] = {"members": out.members, "first_break": out.first_break}
             else:
                 robust, loss = self._attack_cell(s, c, defense)
-            self.store.add(self._result(s, c, defense, clean, robust, loss,
-                                        time.perf_counter() - t1 + setup / len(todo), extra))
+            result = self._result(s, c, defense, clean, robust, loss,
+                                  time.perf_counter() - t1 + setup / len(todo), extra)
             log.info("%s/%s/%s %s %s eps=%.4g: robust accuracy %.4f", s.info.name, s.model_name,
                      d_name, c.attack.name, c.threat.value, c.eps, float(robust.float().mean()))
+            yield result
 
     def _attack_cell(self, s: Session, c: Cell,
                      defense: Defense) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -292,10 +292,32 @@ class Session(ModelRoles):
             self._adv[h] = tensors["x"]
         return self._adv[h]
 
+    def shared_threat(self, attack: Attack, threat: Threat, defense: str) -> Threat | None:
+        """The threat whose adversarial set the cell of ``defense`` under ``threat`` reads when
+        that set involves no defense, so that one computation serves every defense: oblivious
+        and transfer sets, and the undefended baseline's whitebox set (the oblivious one); None
+        for a set crafted through the defense, or a suite (which crafts on its survivors)."""
+        if isinstance(attack, AttackSuite):
+            return None
+        if threat in (Threat.OBLIVIOUS, Threat.TRANSFER):
+            return threat
+        return Threat.OBLIVIOUS if self.built(defense).identity else None
+
+    def shared_adversarial(self, attack: Attack, threat: Threat) -> torch.Tensor:
+        """The adversarial set of ``attack`` that no defense is part of: crafted on the
+        classifier (``oblivious``) or on the transfer source (``transfer``); the same set, under
+        the same key, as the cells read (see :func:`bench.threat.attacked_model`)."""
+        if threat is Threat.TRANSFER:
+            model, key = self.source
+            return self.adversarial(attack, model, f"source:{key}")
+        if threat is not Threat.OBLIVIOUS:
+            raise ValueError(f"no defense-free adversarial set under {threat.value}")
+        return self.adversarial(attack, self.classifier, "classifier")
+
     def oblivious(self, attack: str, eps: float) -> torch.Tensor:
         """The oblivious adversarial set of ``attack`` at ``eps``: crafted on the undefended
         classifier, shared by every defense."""
-        return self.adversarial(self.attack(attack, eps), self.classifier, "classifier")
+        return self.shared_adversarial(self.attack(attack, eps), Threat.OBLIVIOUS)
 
     def _generate(self, attack: Attack, target: nn.Module) -> torch.Tensor:
         """The attack on the slice, batch by batch; batch ``i`` is seeded ``seed * 100003 + i``,

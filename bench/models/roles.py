@@ -154,6 +154,15 @@ class ModelRoles:
         return self.classifier if name == self.model_name else \
             self.pending_named(name).load().model
 
+    def models_of(self, name: str) -> list[str]:
+        """The dataset's models that defense ``name`` needs besides the target: its guide and a
+        composite's models, its parts' included (what an executor trains before the defense)."""
+        parts = self.parts(name)
+        out = [*([self.guide(name)] if self.guide(name) else []), *parts.models]
+        for p in parts.defenses:
+            out += self.models_of(p)
+        return list(dict.fromkeys(out))
+
     def parts(self, name: str) -> Parts:
         """Composite defense ``name``'s parts, its defenses in canonical form
         (:meth:`~bench.models.roles.ModelRoles.spec`); empty for any other defense."""
