@@ -93,15 +93,29 @@ class CWLinf(Attack):
         return pgd_alpha(self.eps, self.steps) if self.alpha is None else float(self.alpha)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._ascend(model, x, y, self._start(x))
+
+    def perturb_rows(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     rows: torch.Tensor) -> torch.Tensor:
+        """Only ``rows`` ascend, from their part of the random start drawn for the whole batch
+        (the objective is a per-image sum, so each image's steps are its own)."""
+        if self.targeted == "random":
+            return super().perturb_rows(model, x, y, rows)
+        return self._ascend(model, x[rows], y[rows], self._start(x)[rows])
+
+    def _start(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.random_start:
+            return x.clone()
+        return (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp(0.0, 1.0)
+
+    def _ascend(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                x_adv: torch.Tensor) -> torch.Tensor:
         targeted = self.targeted is not None
         labels = self.target_labels(model, x, y) if targeted else y
 
         def objective(logits: torch.Tensor) -> torch.Tensor:
             return cw_margin(logits, labels, targeted).clamp(max=self.kappa)
 
-        x_adv = x.clone()
-        if self.random_start:
-            x_adv = (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp(0.0, 1.0)
         alpha = self.step_size()
         for _ in range(self.steps):
             grad = input_gradient(model, x_adv, objective)

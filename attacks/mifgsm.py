@@ -70,6 +70,8 @@ class MIFGSM(Attack):
     def step_size(self) -> float:
         return self.eps / self.steps if self.alpha is None else float(self.alpha)
 
+    row_independent = True  # no randomness; per-image sums and norms
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         targeted = self.targeted is not None
         labels = self.target_labels(model, x, y) if targeted else y

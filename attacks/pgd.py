@@ -86,6 +86,33 @@ class PGD(TorchAttack):
         return torchattacks.PGD(model, eps=self.eps, alpha=self.step_size(), steps=self.steps,
                                 random_start=self.random_start)
 
+    def perturb_rows(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     rows: torch.Tensor) -> torch.Tensor:
+        """Only ``rows`` step, from their part of the random start torchattacks draws for the
+        whole batch, with the whole batch's loss scale (its mean cross-entropy is divided by
+        the batch size): the steps of ``torchattacks.PGD.forward``, op for op, so each row's
+        result is the one the whole batch gives it. With restarts, which images restart
+        depends on every image: the whole batch is attacked."""
+        if self.restarts > 1 or self.targeted == "random":
+            return super().perturb_rows(model, x, y, rows)
+        eps, alpha, size = self.eps, self.step_size(), len(x)
+        labels = (self.target_labels(model, x, y) if self.targeted else y)[rows]
+        x_adv = x.clone().detach()
+        if self.random_start:  # the draw torchattacks makes, for the whole batch
+            x_adv = torch.clamp(x_adv + torch.empty_like(x_adv).uniform_(-eps, eps), min=0,
+                                max=1).detach()
+        images, x_adv = x[rows], x_adv[rows]
+        sign = -1.0 if self.targeted else 1.0
+        for _ in range(self.steps):
+            x_adv.requires_grad = True
+            ce = nn.functional.cross_entropy(model(x_adv), labels, reduction="sum") / size
+            cost = -ce if sign < 0 else ce
+            grad = torch.autograd.grad(cost, x_adv, retain_graph=False, create_graph=False)[0]
+            x_adv = x_adv.detach() + alpha * grad.sign()
+            delta = torch.clamp(x_adv - images, min=-eps, max=eps)
+            x_adv = torch.clamp(images + delta, min=0, max=1).detach()
+        return x_adv
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = super().perturb(model, x, y)
         if self.restarts == 1:

@@ -85,6 +85,12 @@ class Attack(ABC):
     #: ``score-based`` (a gradient-free attack on the defended model's scores), ``noise`` (the
     #: random control). The audit picks each role's registered variant (see bench/audit.py).
     audit_role: ClassVar[str | None] = None
+    #: Whether an image's adversarial example depends on that image and label alone, never on
+    #: the other images of its batch: true of an attack that draws no randomness. Then
+    #: :meth:`perturb_rows` attacks only the rows asked for (the images still correct). An
+    #: attack that draws random starts for the whole batch overrides :meth:`perturb_rows`
+    #: instead (drawing the same stream and keeping the rows' part of it).
+    row_independent: ClassVar[bool] = False
 
     def __init__(self, eps: float, alpha: float | None = None, targeted: str | None = None,
                  seed: int = 0) -> None:
@@ -115,6 +121,18 @@ class Attack(ABC):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Return adversarial images for ``x``; ``y`` holds the true labels."""
 
+    def perturb_rows(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     rows: torch.Tensor) -> torch.Tensor:
+        """Adversarial images for rows ``rows`` (indices) of the batch ``x``: exactly
+        ``perturb(model, x, y)[rows]`` (the same random stream, the same targets), computed on
+        those rows only when that is exact, so that an image the defended model already
+        misclassifies need not be attacked. The default attacks only ``rows`` when the attack
+        is :attr:`row_independent` (and its targets are not drawn at random for the batch),
+        else the whole batch."""
+        if self.row_independent and self.targeted != "random":
+            return self.perturb(model, x[rows], y[rows])
+        return self.perturb(model, x, y)[rows]
+
     def target_labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Target classes for the targeted modes (never the true label)."""
         with torch.no_grad():
@@ -127,8 +145,12 @@ class Attack(ABC):
         return (y + shift) % k
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 seed: int | None = None) -> torch.Tensor:
+                 seed: int | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Attack ``model`` on ``(x, y)``, validate the result and return it (detached).
+
+        With ``rows`` (indices into the batch), only those images are adversarial, exactly as
+        they would be had the whole batch been attacked (:meth:`perturb_rows`); the others are
+        returned unchanged.
 
         The attack's randomness comes from torch's global RNG seeded with ``seed`` (default: the
         attack's own), forked so the caller's random stream is the same after the call: code that
@@ -137,7 +159,12 @@ class Attack(ABC):
         x_in = x.detach().clone()
         with rng_isolated(x.device), frozen(model):
             torch.manual_seed(self.seed if seed is None else seed)
-            x_adv = self.perturb(model, x_in, y.detach().clone())
+            if rows is None:
+                x_adv = self.perturb(model, x_in, y.detach().clone())
+            else:
+                x_adv = x_in.clone()
+                if len(rows):
+                    x_adv[rows] = self.perturb_rows(model, x_in, y.detach().clone(), rows)
         if not torch.equal(x_in, x):
             raise AttackValidationError(f"{self.name} mutated its input images; fix the plugin.")
         x_adv = x_adv.detach()

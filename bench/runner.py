@@ -261,26 +261,43 @@ class Runner:
                 robust, loss = out.robust, None
                 extra["suite"] = {"members": out.members, "first_break": out.first_break}
             else:
-                robust, loss = self._attack_cell(s, c, defense)
+                robust, loss, attacked = self._attack_cell(s, c, defense, clean)
+                extra["attacked"] = attacked
             result = self._result(s, c, defense, clean, robust, loss,
                                   time.perf_counter() - t1 + setup / len(todo), extra)
             log.info("%s/%s/%s %s %s eps=%.4g: robust accuracy %.4f", s.info.name, s.model_name,
                      d_name, c.attack.name, c.threat.value, c.eps, float(robust.float().mean()))
             yield result
 
-    def _attack_cell(self, s: Session, c: Cell,
-                     defense: Defense) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _attack_cell(self, s: Session, c: Cell, defense: Defense, clean: torch.Tensor,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """One attack's cell: its adversarial set against the cell's attacked model (shared
         between defenses when the threat ignores the defense), judged by the defended
-        pipeline."""
+        pipeline; the per-image robust flags, the denoising losses and how many images were
+        attacked.
+
+        An image counts as robust only when it is correct both clean and under attack
+        (AutoAttack's convention), so an image the defended model already misclassifies clean
+        is not attacked when the set is crafted through a deterministic defense: each other
+        image's adversarial example is exactly the one attacking everything gives it
+        (:meth:`~bench.attack.Attack.perturb_rows`), and every flag is the same. Sets that no
+        defense is part of (oblivious, transfer) serve every defense and cover every image;
+        through a randomized defense, what one image draws depends on its batch, so every
+        image is attacked. The denoising loss is averaged over the attacked images."""
         source = s.source if c.threat is Threat.TRANSFER else None
         eot = eot_draws(c.threat, defense, s.eot, c.attack.gradient_free)
         target, target_key = attacked_model(c.threat, s.classifier, defense, source, eot)
+        keep = None
         if target_key.startswith("defense:"):
             target_key += ":" + stable_hash(s.defense_id(c.defense))
-        x_adv = s.adversarial(c.attack, target, target_key)
+            keep = None if defense.randomized else clean
+        x_adv = s.adversarial(c.attack, target, target_key, keep=keep)
         loss_wanted = defense.kind == PREPROCESSOR and not defense.identity
-        return s.evaluate(defense, x_adv, c.seed, denoising_loss=loss_wanted)
+        robust, loss = s.evaluate(defense, x_adv, c.seed, denoising_loss=loss_wanted)
+        if keep is not None and loss is not None:
+            loss = loss[keep]
+        attacked = int(keep.sum()) if keep is not None else len(clean)
+        return robust & clean, loss, attacked
 
     def _result(self, s: Session, c: Cell, defense: Defense, clean: torch.Tensor,
                 robust: torch.Tensor, loss: torch.Tensor | None, wall: float,
@@ -301,6 +318,6 @@ class Runner:
             device=str(self.device), git_rev=self.git_rev, attack_params=c.attack.describe(),
             defense_params=c.config["defense_params"], versions=self.versions,
             config=c.config, metadata=meta,
-            denoise_loss=float(loss.mean()) if loss is not None else None,
+            denoise_loss=float(loss.mean()) if loss is not None and len(loss) else None,
             bpda=uses_bpda(c.threat, defense, c.attack.gradient_free),
         )

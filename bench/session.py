@@ -265,12 +265,21 @@ class Session(ModelRoles):
                 "norm": attack.norm, "eps": attack.eps, "seed": self.seed,
                 "batch_size": self.batch_size}
 
-    def adversarial(self, attack: Attack, target: nn.Module, target_id: str) -> torch.Tensor:
+    def adversarial(self, attack: Attack, target: nn.Module, target_id: str,
+                    keep: torch.Tensor | None = None) -> torch.Tensor:
         """Adversarial versions of the test slice against ``target``, validated against the clean
         slice (memoized; oblivious ones, ``target_id == "classifier"``, on disk too, since they
-        do not depend on any defense; a cached set that fails validation is recomputed)."""
+        do not depend on any defense; a cached set that fails validation is recomputed).
+
+        With ``keep`` (bool, one per image; a set crafted through a deterministic defense
+        only), only those images are attacked, each exactly as attacking the whole slice would
+        (:meth:`~bench.attack.Attack.perturb_rows`); the others stay clean."""
         key = self.adversarial_key(attack, target_id)
         h = stable_hash(key)
+        if keep is not None:
+            if not target_id.startswith("defense:"):
+                raise ValueError("only a set crafted through a defense is attacked in part")
+            h += ":" + hashlib.sha256(keep.numpy().tobytes()).hexdigest()[:16]
         if h not in self._adv:
             x = self.test[0]
 
@@ -279,7 +288,7 @@ class Session(ModelRoles):
                                      f"the adversarial set of {attack.name}")
 
             def make() -> dict[str, torch.Tensor]:
-                return {"x": self._generate(attack, target)}
+                return {"x": self._generate(attack, target, keep)}
 
             if not target_id.startswith("defense:"):  # oblivious or transfer: no defense in it
                 model = (self.source_name if target_id.startswith("source:")
@@ -319,22 +328,30 @@ class Session(ModelRoles):
         classifier, shared by every defense."""
         return self.shared_adversarial(self.attack(attack, eps), Threat.OBLIVIOUS)
 
-    def _generate(self, attack: Attack, target: nn.Module) -> torch.Tensor:
+    def _generate(self, attack: Attack, target: nn.Module,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
         """The attack on the slice, batch by batch; batch ``i`` is seeded ``seed * 100003 + i``,
         so a set depends on the seed and the batch size, not on what ran before it."""
         x, y = self.test
-        return self.craft(attack, target, x, y, lambda i: self.seed * 100003 + i)
+        return self.craft(attack, target, x, y, lambda i: self.seed * 100003 + i, keep)
 
     def craft(self, attack: Attack, target: nn.Module, x: torch.Tensor, y: torch.Tensor,
-              seed_of: Any) -> torch.Tensor:
+              seed_of: Any, keep: torch.Tensor | None = None) -> torch.Tensor:
         """``attack`` on images ``x`` (N x C x H x W in [0,1], CPU) with labels ``y``, batch by
-        batch, batch ``i`` seeded ``seed_of(i)``; each batch validated (CPU result)."""
+        batch, batch ``i`` seeded ``seed_of(i)``; each batch validated (CPU result). With
+        ``keep`` (bool, N), only those images are attacked, each as in the whole batch."""
         out = []
         bar = progress(list(batches(len(x), self.batch_size)),
                        desc=f"{attack.name} eps={attack.eps:.4g}")
         for i, idx in enumerate(bar):
-            out.append(attack(target, x[idx].to(self.device), y[idx].to(self.device),
-                              seed=seed_of(i)).cpu())
+            xb = x[idx]
+            rows = None if keep is None or bool(keep[idx].all()) else \
+                keep[idx].nonzero().flatten().to(self.device)
+            if rows is not None and not len(rows):
+                out.append(xb.clone())  # nothing left to attack in this batch
+                continue
+            out.append(attack(target, xb.to(self.device), y[idx].to(self.device),
+                              seed=seed_of(i), rows=rows).cpu())
         return torch.cat(out) if out else x.clone()
 
     # -- evaluation ---------------------------------------------------------------------------

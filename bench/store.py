@@ -194,6 +194,12 @@ class Store:
             df[k] = df[k].map(json.loads)
         for k in ("clean_correct", "robust_correct"):
             df[k] = df[k].map(lambda b: np.frombuffer(b, dtype=np.uint8).astype(bool))
+        # Robust = correct clean and under attack (AutoAttack's convention), for every cell: the
+        # runner stores it so; cells stored before it did hold "correct under attack" alone.
+        df["robust_correct"] = [r & c for r, c in zip(df["robust_correct"], df["clean_correct"],
+                                                      strict=True)]
+        df["robust_acc"] = [float(r.mean()) if len(r) else float("nan")
+                            for r in df["robust_correct"]]
         df["bpda"] = df["bpda"].astype(bool)
         df = df.reset_index(drop=True)
         df.attrs["checks"] = self.checks()  # the audit's checks, read with the cells

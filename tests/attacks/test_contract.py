@@ -87,6 +87,47 @@ def test_the_callers_random_stream_is_untouched(name: str, tiny_net: nn.Module,
     assert torch.equal(torch.rand(4), expected)
 
 
+class Sizes(nn.Module):
+    """``net`` recording the batch size of every forward pass."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.sizes = net, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        return self.net(x)
+
+
+@pytest.mark.parametrize("targeted", [None, "least-likely", "random"])
+@pytest.mark.parametrize("name", NAMES)
+def test_attacking_some_rows_gives_them_what_attacking_all_does(
+        name: str, targeted: str | None, tiny_net: nn.Module,
+        data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """``rows``: those images get, bit for bit, the examples attacking the whole batch gives
+    them (the same random stream, the same targets); the others are returned clean. An attack
+    that saves work there (it declares ``row_independent`` or overrides ``perturb_rows``)
+    attacks nothing but the rows: the harness then skips the images a defense already gets
+    wrong without changing any stored flag."""
+    x, y = data
+    try:
+        attack = build(name, targeted=targeted)
+    except ConfigError:
+        return  # refuses this target mode (test_targeted_random checks the refusal)
+    rows = torch.tensor([0, 2, 3, len(x) - 1])
+    whole = attack(tiny_net, x, y, seed=3)
+    model = Sizes(tiny_net)
+    part = attack(model, x, y, seed=3, rows=rows)
+    assert torch.equal(part[rows], whole[rows])
+    others = torch.ones(len(x), dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(part[others], x[others])
+    saves = attack.row_independent or type(attack).perturb_rows is not Attack.perturb_rows
+    if saves and targeted is None and getattr(attack, "restarts", 1) == 1:
+        assert max(model.sizes) == len(rows), f"forward passes of sizes {set(model.sizes)}"
+    assert torch.equal(attack(tiny_net, x, y, seed=3, rows=rows[:0]), x)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_eps_returns_input(name: str, tiny_net: nn.Module,
                                 data: tuple[torch.Tensor, torch.Tensor]) -> None:

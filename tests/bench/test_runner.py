@@ -18,7 +18,7 @@ from bench.config import RunConfig
 from bench.registry import DEFENSES, Entry
 from bench.runner import Runner
 from bench.store import Store
-from tests.bench.randomized_defense import NAME, NoisyDefense
+from tests.bench.randomized_defense import NAME, NoisyDefense, register
 
 REPO = Path(__file__).resolve().parents[2]
 EPS = ["0.1", "0.2"]
@@ -197,3 +197,50 @@ def test_gradient_free_attacks_never_record_bpda() -> None:
     assert uses_bpda(Threat.WHITEBOX, defense)
     assert not uses_bpda(Threat.WHITEBOX, defense, gradient_free=True)
     assert not uses_bpda(Threat.OBLIVIOUS, defense)
+
+
+def test_attacking_only_the_survivors_changes_no_stored_flag(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whitebox sets through a deterministic defense attack only the images it gets right
+    clean; robust = correct clean and under attack, so every stored per-sample flag is the one
+    attacking every image gives (random starts included), and the saving is recorded."""
+    from bench.session import Session
+
+    register()
+    cfg = RunConfig(datasets=("digits",), defenses=("none", "bitdepth", "median", NOISY),
+                    attacks=("fgsm", "pgd10", "cw100", "mifgsm10"), threats=("whitebox",),
+                    n=120, batch_size=50, model_opts={"epochs": 1}, eval_draws=2, eot=2)
+    cache = Cache(tmp_path / "cache")
+    adversarial, craft = Session.adversarial, Session.craft
+    sets: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
+
+    def recorded(self: Session, attack: object, target: object, target_id: str,
+                 keep: torch.Tensor | None = None) -> torch.Tensor:
+        x_adv = adversarial(self, attack, target, target_id, keep=keep)  # type: ignore[arg-type]
+        sets.setdefault(f"{attack.name} {target_id}", []).append((x_adv, keep))  # type: ignore[attr-defined]
+        return x_adv
+
+    def everything(self: Session, attack: object, target: object, x: torch.Tensor,
+                   y: torch.Tensor, seed_of: object, keep: object = None) -> torch.Tensor:
+        return craft(self, attack, target, x, y, seed_of)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Session, "adversarial", recorded)
+    Runner(cfg, Store(tmp_path / "survivors.sqlite"), cache).run()
+    monkeypatch.setattr(Session, "craft", everything)
+    Runner(cfg, Store(tmp_path / "all.sqlite"), cache).run()
+    want, got = per_sample(tmp_path / "all.sqlite"), per_sample(tmp_path / "survivors.sqlite")
+    assert sorted(got) == sorted(want) and len(got) == 4 * 4
+    assert got == want
+    partial = 0
+    for key, [(part, keep), (whole, _)] in sets.items():  # the examples too, bit for bit
+        kept = keep if keep is not None else torch.ones(len(whole), dtype=torch.bool)
+        assert torch.equal(part[kept], whole[kept]), key
+        partial += int(keep is not None)
+    assert partial == 2 * 4  # bitdepth and median, every attack
+    frame = Store(tmp_path / "survivors.sqlite").frame()
+    for _, row in frame.iterrows():
+        clean = int(row["clean_correct"].sum())
+        assert not (row["robust_correct"] & ~row["clean_correct"]).any()
+        skipped = row["defense"] in ("bitdepth", "median")  # deterministic, through the defense
+        assert row["metadata"]["attacked"] == (clean if skipped else row["n"]), row["defense"]
+    assert (frame["clean_acc"] < 1).all()  # so the deterministic rows did skip images
