@@ -129,6 +129,21 @@ def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "bench" / "data"
 
 
+ENV_STREAM_BYTES = "BENCH_STREAM_BYTES"
+STREAM_BYTES = 2 * 2**30
+
+
+def stream_bytes() -> int:
+    """Above this many bytes (float32) an evaluated slice and its adversarial sets live on disk
+    and are read per batch (``$BENCH_STREAM_BYTES``, default 2 GiB); below, in memory."""
+    env = os.environ.get(ENV_STREAM_BYTES)
+    try:
+        return int(env) if env else STREAM_BYTES
+    except ValueError:
+        raise ConfigError(f"${ENV_STREAM_BYTES}={env!r} is not a number of bytes; use e.g. "
+                          f"2147483648 or unset it.") from None
+
+
 def cache_dir() -> Path:
     """``$BENCH_CACHE_DIR``, else ``~/.cache/bench``: trained weights and attack sets live here."""
     env = os.environ.get(ENV_CACHE_DIR)

@@ -14,8 +14,16 @@ adversarial set is validated against the clean slice whenever it is used, comput
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
+import re
+import shutil
+import tempfile
+import uuid
+import weakref
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +31,7 @@ from torch import nn
 
 from bench.attack import Attack, validate_adversarial
 from bench.cache import Cache, stable_hash
+from bench.config import stream_bytes
 from bench.data import SPLITS, BenchDataset, get_dataset
 from bench.defense import (
     MODEL,
@@ -32,10 +41,12 @@ from bench.defense import (
     split_spec,
     weights_key,
 )
+from bench.errors import BenchError, CheckpointError
 from bench.models.roles import ModelRoles
 from bench.options import check_scopes, scoped
 from bench.registry import ATTACKS, DEFENSES, accepted_options
 from bench.runtime import batches, check_finite, progress, rng_isolated
+from bench.stream import DiskTensor, DiskWriter, Images, on_disk, validate_stream
 from bench.suite import AttackSuite
 from bench.threat import Threat
 
@@ -97,7 +108,8 @@ class Session(ModelRoles):
         self._defenses: dict[str, Defense] = {}
         self._fit_meta: dict[str, dict[str, Any]] = {}
         self._attacks: dict[tuple[str, float], Attack] = {}
-        self._adv: dict[str, torch.Tensor] = {}
+        self._adv: dict[str, Images] = {}
+        self._scratch_dir: Path | None = None
 
     @classmethod
     def for_config(cls, cfg: Any, dataset: str, model: str | None = None,
@@ -148,15 +160,67 @@ class Session(ModelRoles):
 
     # -- data and models ----------------------------------------------------------------------
     @cached_property
-    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The evaluated slice: the first ``n`` test images and labels (CPU tensors)."""
-        return self.dataset.tensors(SPLIT, self.n, copies=3)  # clean, adversarial, defended
+    def test(self) -> tuple[Images, torch.Tensor]:
+        """The evaluated slice: the first ``n`` test images and labels (CPU). Images in memory
+        when they fit in ``$BENCH_STREAM_BYTES`` (2 GiB by default), else an on-disk copy read
+        per batch (:mod:`bench.stream`), with every adversarial set of the slice on disk too:
+        memory then does not grow with ``n`` (ImageNet val is 54 GB per float32 copy)."""
+        count = self.dataset.count(SPLIT, self.n)
+        if count * math.prod(self.info.input_shape) * 4 <= stream_bytes():
+            return self.dataset.tensors(SPLIT, self.n, copies=3)  # clean, adversarial, defended
+        return self._slice_on_disk(count)
+
+    def _slice_on_disk(self, count: int) -> tuple[DiskTensor, torch.Tensor]:
+        """The slice decoded once, batch by batch, into an on-disk set in the cache (reused
+        while the dataset's files are unchanged; verified when opened), with its labels and
+        the digest :attr:`slice_id` names, computed as it is written."""
+        source = self.dataset.source_key(SPLIT, self.n)
+        key = {"dataset": self.info.name, "split": SPLIT, "n": count, "format": 1,
+               "shape": list(self.info.input_shape),
+               "source": stable_hash(source) if source is not None else None}
+        folder = (self.cache.root / "slices" / f"{self.info.name}-{stable_hash(key)}"
+                  if source is not None else self._scratch() / "slice")
+        if (folder / "meta.json").exists():
+            try:
+                x = DiskTensor(folder, verify=True)
+                if x.extra.get("key") == key:
+                    return x, torch.tensor(x.extra["labels"], dtype=torch.long)
+            except BenchError as exc:
+                log.warning("rewriting the on-disk slice %s: %s", folder, exc)
+        log.info("writing %d %s %s images to %s (read back per batch)", count, self.info.name,
+                 SPLIT, folder)
+        writer, h, labels = DiskWriter(folder), hashlib.sha256(), []
+        try:
+            for xb, yb in self.dataset.iter_tensors(SPLIT, self.n, self.batch_size):
+                xb = xb.to(torch.float32).contiguous()
+                writer.write(xb)
+                h.update(xb.reshape(-1).view(torch.uint8).numpy())
+                labels.append(yb.long())
+        except BaseException:
+            writer.abort()
+            raise
+        y = torch.cat(labels)
+        h.update(y.contiguous().reshape(-1).view(torch.uint8).numpy())
+        x = writer.finish({"key": key, "labels": y.tolist(), "digest": h.hexdigest()})
+        return x, y
+
+    def _scratch(self) -> Path:
+        """A folder of this session's own on-disk sets (removed with the session)."""
+        if self._scratch_dir is None:
+            root = self.cache.root / "tmp"
+            root.mkdir(parents=True, exist_ok=True)
+            self._scratch_dir = Path(tempfile.mkdtemp(dir=root, prefix="session-"))
+            weakref.finalize(self, shutil.rmtree, self._scratch_dir, True)
+        return self._scratch_dir
 
     @cached_property
     def slice_id(self) -> str:
         """The evaluated slice's identity: dataset, split, size and a digest of its pixels and
-        labels (other files, or another decoder, give another slice)."""
+        labels (other files, or another decoder, give another slice); the same digest whether
+        the slice is in memory or on disk."""
         x, y = self.test
+        if isinstance(x, DiskTensor):
+            return f"{self.info.name}/{SPLIT}/{len(y)}/{x.extra['digest'][:16]}"
         h = hashlib.sha256()
         for t in (x, y):
             h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
@@ -280,6 +344,8 @@ class Session(ModelRoles):
             if not target_id.startswith("defense:"):
                 raise ValueError("only a set crafted through a defense is attacked in part")
             h += ":" + hashlib.sha256(keep.numpy().tobytes()).hexdigest()[:16]
+        if h not in self._adv and on_disk(self.test[0]):
+            self._adv[h] = self._adversarial_on_disk(attack, target, target_id, key, keep)
         if h not in self._adv:
             x = self.test[0]
 
@@ -300,6 +366,44 @@ class Session(ModelRoles):
                 validate(tensors)
             self._adv[h] = tensors["x"]
         return self._adv[h]
+
+    def _adversarial_on_disk(self, attack: Attack, target: nn.Module, target_id: str,
+                             key: dict[str, Any], keep: torch.Tensor | None) -> DiskTensor:
+        """:meth:`adversarial` for a slice on disk: the set written batch by batch as it is
+        crafted, and validated batch by batch whenever it is used. A set no defense is part of
+        lives in the cache (reused across runs; verified and validated when read back, and
+        recomputed when either fails); one crafted through a defense in the session's scratch
+        folder."""
+        x = self.test[0]
+        what = f"the adversarial set of {attack.name}"
+        if target_id.startswith("defense:"):
+            out = self._craft_on_disk(attack, target, self._scratch() / f"adv-{uuid.uuid4().hex}",
+                                      keep)
+            validate_stream(x, out, attack.eps, what, self.batch_size)
+            return out
+        model = self.source_name if target_id.startswith("source:") else self.model_name
+        name = re.sub(r"[^a-zA-Z0-9_.-]", "_", f"{self.info.name}-{model}-{attack.name}")
+        folder = self.cache.root / "adversarial" / f"{name}-{stable_hash(key)}.d"
+        if (folder / "meta.json").exists():
+            try:
+                hit = DiskTensor(folder, verify=True)
+                if hit.extra.get("key") != json.loads(json.dumps(key, default=str)):
+                    raise CheckpointError(f"{folder} holds another set's key")
+                validate_stream(x, hit, attack.eps, what, self.batch_size)
+                return hit
+            except BenchError as exc:
+                log.warning("recomputing %s, rejected on reading: %s", folder, exc)
+        out = self._craft_on_disk(attack, target, folder, None,
+                                  extra={"key": json.loads(json.dumps(key, default=str))})
+        validate_stream(x, out, attack.eps, what, self.batch_size)
+        return out
+
+    def _craft_on_disk(self, attack: Attack, target: nn.Module, folder: Path,
+                       keep: torch.Tensor | None, extra: dict[str, Any] | None = None,
+                       ) -> DiskTensor:
+        x, y = self.test
+        return self.craft(attack, target, x, y, lambda i: self.seed * 100003 + i, keep,
+                          out=folder, extra=extra)  # type: ignore[return-value]
 
     def shared_threat(self, attack: Attack, threat: Threat, defense: str) -> Threat | None:
         """The threat whose adversarial set the cell of ``defense`` under ``threat`` reads when
@@ -335,24 +439,42 @@ class Session(ModelRoles):
         x, y = self.test
         return self.craft(attack, target, x, y, lambda i: self.seed * 100003 + i, keep)
 
-    def craft(self, attack: Attack, target: nn.Module, x: torch.Tensor, y: torch.Tensor,
-              seed_of: Any, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """``attack`` on images ``x`` (N x C x H x W in [0,1], CPU) with labels ``y``, batch by
-        batch, batch ``i`` seeded ``seed_of(i)``; each batch validated (CPU result). With
-        ``keep`` (bool, N), only those images are attacked, each as in the whole batch."""
-        out = []
+    def craft(self, attack: Attack, target: nn.Module, x: Images, y: torch.Tensor,
+              seed_of: Any, keep: torch.Tensor | None = None, out: Path | None = None,
+              extra: dict[str, Any] | None = None) -> Images:
+        """``attack`` on images ``x`` (N x C x H x W in [0,1], CPU; in memory or on disk) with
+        labels ``y``, batch by batch, batch ``i`` seeded ``seed_of(i)``; each batch validated
+        (CPU result). With ``keep`` (bool, N), only those images are attacked, each as in the
+        whole batch. Images on disk give a set written to disk batch by batch (into ``out``,
+        else the session's scratch folder, with ``extra`` in its metadata)."""
+        writer = DiskWriter(out or self._scratch() / f"adv-{uuid.uuid4().hex}") \
+            if on_disk(x) else None
+        parts = []
         bar = progress(list(batches(len(x), self.batch_size)),
                        desc=f"{attack.name} eps={attack.eps:.4g}")
-        for i, idx in enumerate(bar):
-            xb = x[idx]
-            rows = None if keep is None or bool(keep[idx].all()) else \
-                keep[idx].nonzero().flatten().to(self.device)
-            if rows is not None and not len(rows):
-                out.append(xb.clone())  # nothing left to attack in this batch
-                continue
-            out.append(attack(target, xb.to(self.device), y[idx].to(self.device),
-                              seed=seed_of(i), rows=rows).cpu())
-        return torch.cat(out) if out else x.clone()
+        try:
+            for i, idx in enumerate(bar):
+                xb = x[idx]
+                rows = None if keep is None or bool(keep[idx].all()) else \
+                    keep[idx].nonzero().flatten().to(self.device)
+                if rows is not None and not len(rows):
+                    adv = xb.clone()  # nothing left to attack in this batch
+                else:
+                    adv = attack(target, xb.to(self.device), y[idx].to(self.device),
+                                 seed=seed_of(i), rows=rows).cpu()
+                if writer is None:
+                    parts.append(adv)
+                else:
+                    writer.write(adv)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is not None:
+            return writer.finish(extra)
+        if parts:
+            return torch.cat(parts)
+        return x.clone() if isinstance(x, torch.Tensor) else x[torch.arange(0)]
 
     # -- evaluation ---------------------------------------------------------------------------
     def draws(self, defense: Defense) -> int:

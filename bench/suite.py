@@ -30,6 +30,7 @@ from torch import nn
 
 from bench.attack import Attack
 from bench.errors import ConfigError
+from bench.stream import Images, take
 from bench.threat import Threat, attacked_model, eot_draws, uses_bpda
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def evaluate_suite(s: Session, suite: AttackSuite, defense: Defense, clean: torc
 
 
 def _candidates(s: Session, m: Member, attack: Attack, defense: Defense, idx: torch.Tensor,
-                draws: int, seed: int) -> torch.Tensor:
+                draws: int, seed: int) -> Images:
     """Member ``m``'s adversarial images for the slice's images at ``idx``: crafted on the
     survivors through the defense (whitebox), or taken from the set shared by every defense
     (oblivious, transfer: computed once for the whole slice and cached)."""
@@ -174,8 +175,8 @@ def _candidates(s: Session, m: Member, attack: Attack, defense: Defense, idx: to
     if threat is not Threat.WHITEBOX:
         source = s.source if threat is Threat.TRANSFER else None
         target, key = attacked_model(threat, s.classifier, defense, source=source)
-        return s.adversarial(attack, target, key)[idx]
+        return take(s.adversarial(attack, target, key), idx)
     target, _ = attacked_model(threat, s.classifier, defense, eot=draws)
     x, y = s.test
-    return s.craft(attack, target, x[idx], y[idx],
+    return s.craft(attack, target, take(x, idx), y[idx],
                    lambda i: derive_seed(seed, m.label, i))

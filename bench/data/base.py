@@ -16,11 +16,13 @@ finds both up front from headers, sizes and checksums, without decoding any imag
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -132,6 +134,41 @@ class BenchDataset(ABC):
             check_memory(count, copies * math.prod(self.input_shape) * 4,
                          f"{count} {self.name} {split} images x {copies} float32 copies", "--n")
         return gather(ds, range(count), batch_size)
+
+    def count(self, split: str, n: int | None = None) -> int:
+        """How many images ``tensors(split, n)`` gives."""
+        size = len(self.split(split))
+        return size if n is None else min(n, size)
+
+    def iter_tensors(self, split: str, n: int | None = None, batch_size: int = 500,
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``n`` images of ``split`` as ``(x, y)`` batches, decoded one batch at a
+        time (the same images and values as :meth:`tensors`)."""
+        ds = self.split(split)
+        count = self.count(split, n)
+        for i in range(0, count, batch_size):
+            yield gather(ds, range(i, min(i + batch_size, count)), batch_size)
+
+    def source_key(self, split: str, n: int | None = None) -> Any:
+        """What identifies the first ``n`` images of ``split`` without decoding them: for a
+        folder dataset the path, label, size and modification time of each file it reads; for
+        one held in memory a digest of those rows; None when neither is known. An on-disk copy
+        of a slice made from other files is then never reused."""
+        ds = self.split(split)
+        count = self.count(split, n)
+        samples = getattr(ds, "samples", None)
+        if samples is not None:
+            out = []
+            for path, label in samples[:count]:
+                st = os.stat(path)
+                out.append((str(path), int(label), st.st_size, st.st_mtime_ns))
+            return {"files": out, "transform": repr(getattr(ds, "transform", None))}
+        if isinstance(ds, TensorDataset):
+            h = hashlib.sha256()
+            for t in ds.tensors:
+                h.update(t[:count].contiguous().reshape(-1).view(torch.uint8).numpy())
+            return {"tensors": h.hexdigest()}
+        return None
 
     @abstractmethod
     def _load(self, split: str) -> Dataset:
