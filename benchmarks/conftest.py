@@ -20,6 +20,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--bench-size", choices=("tiny", "full"),
                      default=os.environ.get("BENCH_BENCH_SIZE", "full"),
                      help="tiny: a smoke run (CI); full: the sizes the README reports")
+    parser.addoption("--bench-weights", default=os.environ.get("BENCH_BENCH_WEIGHTS"),
+                     help="a cache folder (e.g. ~/.cache/bench) whose trained classifiers and "
+                          "defenses are copied into the benchmarks' own cache first, so that "
+                          "at-pgd is not trained again (weights are keyed: only matching ones "
+                          "are used)")
 
 
 @dataclass
@@ -55,9 +60,17 @@ def report(request: pytest.FixtureRequest) -> Recorder:
 
 
 @pytest.fixture(scope="session")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def scratch(tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[Path]:
     """A cache of its own for the whole run (classifiers trained once), never the user's."""
     path = tmp_path_factory.mktemp("bench-benchmarks")
+    source = request.config.getoption("--bench-weights")
+    if source:
+        import shutil
+
+        for kind in ("classifiers", "defenses"):
+            if (Path(source).expanduser() / kind).is_dir():
+                shutil.copytree(Path(source).expanduser() / kind, path / "cache" / kind)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENCH_CACHE_DIR", str(path / "cache"))
         yield path
