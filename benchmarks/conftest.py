@@ -20,6 +20,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--bench-size", choices=("tiny", "full"),
                      default=os.environ.get("BENCH_BENCH_SIZE", "full"),
                      help="tiny: a smoke run (CI); full: the sizes the README reports")
+    parser.addoption("--bench-device", default="cpu",
+                     help="the device the benchmarks run on: cpu (default), cuda, cuda:N")
     parser.addoption("--bench-weights", default=os.environ.get("BENCH_BENCH_WEIGHTS"),
                      help="a cache folder (e.g. ~/.cache/bench) whose trained classifiers and "
                           "defenses are copied into the benchmarks' own cache first, so that "
@@ -42,8 +44,9 @@ RATIOS: list[Ratio] = []
 class Recorder:
     """What a benchmark reports: ``ratio(name, value, target, met, detail)``."""
 
-    def __init__(self, size: str) -> None:
+    def __init__(self, size: str, device: str = "cpu") -> None:
         self.size = size
+        self.device = device
 
     @property
     def tiny(self) -> bool:
@@ -56,7 +59,8 @@ class Recorder:
 
 @pytest.fixture(scope="session")
 def report(request: pytest.FixtureRequest) -> Recorder:
-    return Recorder(request.config.getoption("--bench-size"))
+    return Recorder(request.config.getoption("--bench-size"),
+                    request.config.getoption("--bench-device"))
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ def test_a_harness_pgd100_cell_costs_what_a_bare_torchattacks_loop_costs(
     dataset, n = ("digits", 20) if report.tiny else (_dataset(), 1000)
     cache = Cache(scratch / "cache")
     cfg = RunConfig(datasets=(dataset,), defenses=("none",), attacks=("pgd100",),
-                    threats=("oblivious",), eps=(EPS,), n=n, device="cpu")
+                    threats=("oblivious",), eps=(EPS,), n=n, device=report.device)
     session = Session.for_config(cfg, dataset, cache=cache)
     model = session.classifier.eval()  # trained (or loaded) once, outside the timings
     x, y = session.test

@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.runner import Runner
+from bench.runtime import resolve_device
 from bench.session import Session
 from bench.store import Store
 from benchmarks.test_pgd_overhead import _dataset
@@ -54,7 +55,7 @@ def test_an_oblivious_grid_crafts_each_set_once_for_every_defense(
     attacks = ("pgd100",) if not report.tiny else ("pgd10",)
     cache = Cache(scratch / "cache")
     base = dict(datasets=(dataset,), attacks=attacks, threats=("oblivious",), eps=(EPS,), n=n,
-                device="cpu")
+                device=report.device)
     Session.for_config(RunConfig(**base), dataset, cache=cache).classifier  # noqa: B018
     grid = _run(RunConfig(**base, defenses=defenses), scratch, cache)
     alone = sum(_run(RunConfig(**base, defenses=(d,)), scratch, cache) for d in defenses[1:])
@@ -67,15 +68,25 @@ def test_an_oblivious_grid_crafts_each_set_once_for_every_defense(
                  f"grid {grid:.1f} s; each defense alone, attacking again: {alone:.1f} s")
 
 
-def matmul_rate(size: int = 1024, repeats: int = 20) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+CPU = torch.device("cpu")
+
+
+def matmul_rate(size: int = 1024, repeats: int = 20, device: torch.device = CPU) -> float:
     """This machine's fp32 matmul FLOP/s (the best of a few timed rounds)."""
-    a, b = torch.rand(size, size), torch.rand(size, size)
+    a, b = torch.rand(size, size, device=device), torch.rand(size, size, device=device)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(3):
+        _sync(device)
         t0 = time.perf_counter()
         for _ in range(repeats):
             torch.mm(a, b)
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 * repeats / best
 
@@ -100,8 +111,10 @@ def pgd_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> 
     attack(model, x, y, seed=0)  # warm-up
     best = float("inf")
     for _ in range(2):
+        _sync(x.device)
         t0 = time.perf_counter()
         attack(model, x, y, seed=0)
+        _sync(x.device)
         best = min(best, time.perf_counter() - t0)
     return per_step * steps / best, per_step
 
@@ -109,13 +122,14 @@ def pgd_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> 
 def test_attack_throughput_against_the_machines_matmul_rate(
         benchmark: Any, report: Any, scratch: Path) -> None:
     dataset = "digits" if report.tiny else _dataset()
-    session = Session(dataset, n=64 if report.tiny else 1000, cache=Cache(scratch / "cache"))
+    session = Session(dataset, n=64 if report.tiny else 1000, cache=Cache(scratch / "cache"),
+                      device=resolve_device(report.device))
     cnn = session.classifier.eval()
     dunet = session.built("dunet").eval()  # throughput does not depend on its weights
     through = nn.Sequential(dunet, cnn).eval()
-    peak = matmul_rate(256 if report.tiny else 1024, 2 if report.tiny else 20)
+    peak = matmul_rate(256 if report.tiny else 1024, 2 if report.tiny else 20, session.device)
     benchmark.pedantic(lambda: None, rounds=1)
-    x, y = session.test
+    x, y = (t.to(session.device) for t in session.test)
     steps = 2 if report.tiny else 10
     cases = [("cnn", cnn, 250, 0.5), ("dunet + cnn", through, 64, 0.6),
              ("dunet + cnn", through, 250, 0.6), ("dunet + cnn", through, 1000, 0.6)]
@@ -136,8 +150,8 @@ def test_the_adaptive_suite_costs_at_most_three_apgd_ce_runs(
     cache = Cache(scratch / "cache")
     for defense in (("bitdepth",) if tiny else ("at-pgd", "lgd")):
         small = {"steps": 5} if tiny else {}
-        base = dict(datasets=(dataset,), defenses=(defense,), eps=(EPS,), n=n, device="cpu",
-                    threats=("whitebox",))
+        base = dict(datasets=(dataset,), defenses=(defense,), eps=(EPS,), n=n,
+                    device=report.device, threats=("whitebox",))
         apgd = RunConfig(**base, attacks=("apgd",), attack_opts=small)
         Runner(apgd, Store(scratch / "warm.sqlite"), cache).run()  # fits outside the timings
         suite = _run(RunConfig(**base, attacks=("adaptive",),
@@ -164,7 +178,7 @@ def test_attacking_only_the_survivors_saves_the_images_wrong_clean(
 
     for defense in (("bitdepth",) if tiny else ("at-pgd", "lgd")):
         cfg = RunConfig(datasets=(dataset,), defenses=(defense,), attacks=(attack,),
-                        threats=("whitebox",), eps=(EPS,), n=n, device="cpu")
+                        threats=("whitebox",), eps=(EPS,), n=n, device=report.device)
         _run(cfg, scratch, cache)  # trains (or loads) the defense outside the timings
         survivors = _run(cfg, scratch, cache)
         frame = Store(scratch / "grid.sqlite").frame()
