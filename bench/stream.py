@@ -178,7 +178,17 @@ class DiskWriter:
                 "extra": extra or {}}
         (self.tmp / META).write_text(json.dumps(meta))
         if self.folder.exists():
-            shutil.rmtree(self.folder)
+            try:  # written meanwhile by another process (a Ray worker): the same bytes
+                there = DiskTensor(self.folder)
+                if there.digest == meta["digest"] and there.shape == tuple(meta["shape"]):
+                    shutil.rmtree(self.tmp, ignore_errors=True)
+                    return there
+            except CheckpointError:
+                pass
+            # A damaged or different set: moved aside in one rename, then replaced.
+            aside = self.folder.with_name(f"{self.folder.name}.old-{os.getpid()}-{id(self)}")
+            os.replace(self.folder, aside)
+            shutil.rmtree(aside, ignore_errors=True)
         os.replace(self.tmp, self.folder)
         return DiskTensor(self.folder)
 

@@ -101,3 +101,21 @@ def test_a_streamed_slice_gives_the_store_of_one_in_memory(
     fresh = Session("digits", n=90, batch_size=40, cache=Cache(tmp_path / "c1"),
                     model_opts={"epochs": 1}).oblivious(name, again.info.default_eps)
     assert torch.equal(x_adv[torch.arange(90)], fresh[torch.arange(90)])
+
+
+def test_a_set_written_twice_keeps_one_copy_and_a_damaged_one_is_replaced(
+        tmp_path: Path) -> None:
+    """Two workers writing the same set: the second finds the first's and keeps it (a reader of
+    the first never sees its files vanish); a damaged set is replaced."""
+    x = torch.rand(9, 4)
+    first = written(tmp_path / "set", x)
+    shard = tmp_path / "set" / "shard-000000.f32"
+    inode = shard.stat().st_ino
+    second = written(tmp_path / "set", x)
+    assert shard.stat().st_ino == inode and torch.equal(second[torch.arange(9)], x)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+    other = written(tmp_path / "set", x + 0)  # same bytes again
+    assert other.digest == first.digest
+    damaged = written(tmp_path / "set", torch.rand(9, 4))  # different content replaces
+    assert damaged.digest != first.digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
