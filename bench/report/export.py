@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from bench.registry import natural_key
 from bench.report.identity import _native, identify
 from bench.report.tables import (
     FORMATS,
+    _plain,
     _require,
     _threat_rank,
     leaderboard,
@@ -36,28 +38,36 @@ def _pct(value: Any) -> str:
 
 
 def _display(wide: pd.DataFrame) -> pd.DataFrame:
-    """The wide table as strings: percentages, BPDA cells marked ``†``."""
+    """The wide table as strings: percentages, BPDA cells marked ``†`` (without ``attrs``)."""
+    attrs, wide = wide.attrs, _plain(wide)
     out = wide.astype(object).copy()
-    bpda = {tuple(p) for p in wide.attrs.get("bpda", [])}
-    eot = {tuple(p) for p in wide.attrs.get("eot", [])}
-    for i, row in wide.iterrows():
-        key = f"{row['dataset']}/{row['model']}/{row['defense']}"
-        out.at[i, "n"] = str(row["n"])
-        out.at[i, "clean_acc"] = _pct(row["clean_acc"])
-        for col in wide.attrs.get("headline_columns", []):
-            out.at[i, col] = _pct(row[col])
-        for col in wide.attrs.get("covers_columns", []):
-            out.at[i, col] = str(int(row[col])) if row[col] else "–"
-        for col in wide.attrs.get("attack_columns", []):
-            mark = (_BPDA_MARK if (key, col) in bpda else "") + \
-                (_EOT_MARK if (key, col) in eot else "")
-            out.at[i, col] = _pct(row[col]) + mark
+    bpda = {tuple(p) for p in attrs.get("bpda", [])}
+    eot = {tuple(p) for p in attrs.get("eot", [])}
+    keys = [f"{d}/{m}/{x}" for d, m, x in zip(wide["dataset"], wide["model"], wide["defense"],
+                                               strict=True)]
+
+    def column(col: str, show: Callable[[Any], str]) -> None:  # a column at once, not a cell
+        out[col] = pd.Series([show(v) for v in wide[col].tolist()], index=out.index,
+                             dtype=object)
+
+    column("n", str)
+    column("clean_acc", _pct)
+    for col in attrs.get("headline_columns", []):
+        column(col, _pct)
+    for col in attrs.get("covers_columns", []):
+        column(col, lambda v: str(int(v)) if v else "–")
+    for col in attrs.get("attack_columns", []):
+        marks = [(_BPDA_MARK if (key, col) in bpda else "") + (_EOT_MARK if (key, col) in eot
+                                                              else "") for key in keys]
+        out[col] = pd.Series([_pct(v) + m for v, m in zip(wide[col].tolist(), marks,
+                                                           strict=True)],
+                             index=out.index, dtype=object)
     return out.rename(columns={"clean_acc": "clean"})
 
 
 def caption(df: pd.DataFrame) -> str:
     """One line saying what the numbers are, on how many images, and what produced them."""
-    df = _require(df)
+    df = _plain(_require(df))
     parts = []
     for (ds, split), g in df.groupby(["dataset", "split"], sort=False):
         lo, hi = int(g["n"].min()), int(g["n"].max())

@@ -10,6 +10,7 @@ and an image counts only when the defended model classifies it correctly clean.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,15 @@ import numpy as np
 import pandas as pd
 
 from bench.config import format_eps
-from bench.report.headline import clean_of, first_break, suite_members
+from bench.report.headline import (
+    Cell,
+    argsort,
+    clean_of,
+    first_break,
+    grouped,
+    records,
+    suite_members,
+)
 from bench.store import row_id
 
 SHARE = 0.01  # "more than 1% of images"
@@ -53,11 +62,11 @@ def _share(k: int, n: int) -> str:
     return f"{k} of {n} images ({100 * k / max(n, 1):.1f}%)"
 
 
-def _broken(cell: pd.Series, clean: np.ndarray) -> np.ndarray:
+def _broken(cell: Cell, clean: np.ndarray) -> np.ndarray:
     return clean & ~np.asarray(cell["robust_correct"], dtype=bool)
 
 
-def _is(cell: pd.Series, key: str) -> Any:
+def _is(cell: Cell, key: str) -> Any:
     meta = cell["metadata"] if isinstance(cell["metadata"], dict) else {}
     return meta.get(key)
 
@@ -65,7 +74,7 @@ def _is(cell: pd.Series, key: str) -> Any:
 SERIES = ("eot", "source")  # settings outside attack_params that make another attack series
 
 
-def _params(cell: pd.Series, drop: tuple[str, ...]) -> str:
+def _params(cell: Cell, drop: tuple[str, ...]) -> str:
     """The attack's identity but for ``drop``: its parameters and the settings of
     :data:`SERIES` (an EOT-20 cell and a one-draw cell are two series, not one)."""
     p = cell["attack_params"] if isinstance(cell["attack_params"], dict) else {}
@@ -74,12 +83,12 @@ def _params(cell: pd.Series, drop: tuple[str, ...]) -> str:
     return repr(sorted((k, repr(v)) for k, v in p.items() if k not in drop) + extra)
 
 
-def _gradient_and_blackbox(g: pd.DataFrame, clean: np.ndarray
+def _gradient_and_blackbox(cells: list[Cell], clean: np.ndarray
                            ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images broken by whitebox gradient attacks, and by black-box ones (gradient-free,
     transfer), with the black-box attacks' names; a suite's members counted as attacks."""
     grad, black, names = np.zeros_like(clean), np.zeros_like(clean), []
-    for _, c in g.iterrows():
+    for c in cells:
         members = suite_members(c["metadata"])
         if members:
             code = first_break(c["metadata"])
@@ -95,71 +104,84 @@ def _gradient_and_blackbox(g: pd.DataFrame, clean: np.ndarray
     return grad, black, names
 
 
-def _per_eps(g: pd.DataFrame, clean: np.ndarray, n: int) -> Iterator[dict[str, Any]]:
+def _single_step(cells: list[Cell], clean: np.ndarray, n: int) -> Iterator[dict[str, Any]]:
+    """SS among the whitebox ``cells`` of one eps (FGSM transferring better than PGD is not
+    masking)."""
+    single = [c for c in cells if _is(c, "audit_role") == "single-step"]
+    iterative = [c for c in cells if not _is(c, "gradient_free")
+                 and _is(c, "audit_role") != "single-step" and not suite_members(c["metadata"])]
+    if single and iterative:
+        left = clean & ~np.logical_or.reduce([_broken(c, clean) for c in iterative])
+        k = int((np.logical_or.reduce([_broken(c, clean) for c in single]) & left).sum())
+        yield _flag("SS", f"{single[0]['_label']} broke {_share(k, n)} that "
+                          f"{', '.join(c['_label'] for c in iterative)} did not (whitebox)",
+                    k > SHARE * n, k / max(n, 1))
+
+
+def _per_eps(cells: list[Cell], clean: np.ndarray, n: int) -> Iterator[dict[str, Any]]:
     """SS, BB and WO: per-image comparisons among the cells of one eps."""
-    for eps, e in g.groupby("eps", sort=True):
+    by_eps = grouped(cells, lambda c: c["eps"])
+    for eps in sorted(by_eps):
+        e = by_eps[eps]
         at = f" at eps {format_eps(float(eps))}"
-        for threat, t in e.groupby("threat", sort=False):
-            if threat != "whitebox":  # FGSM transferring better than PGD is not masking
-                continue
-            single = [c for _, c in t.iterrows() if _is(c, "audit_role") == "single-step"]
-            iterative = [c for _, c in t.iterrows() if not _is(c, "gradient_free")
-                         and _is(c, "audit_role") != "single-step"
-                         and not suite_members(c["metadata"])]
-            if single and iterative:
-                left = clean & ~np.logical_or.reduce([_broken(c, clean) for c in iterative])
-                k = int((np.logical_or.reduce([_broken(c, clean) for c in single]) & left).sum())
-                yield _flag("SS", f"{single[0]['_label']} broke {_share(k, n)} that "
-                                  f"{', '.join(c['_label'] for c in iterative)} did not "
-                                  f"({threat})", k > SHARE * n, k / max(n, 1))
+        yield from _single_step([c for c in e if c["threat"] == "whitebox"], clean, n)
         grad, black, names = _gradient_and_blackbox(e, clean)
         k = int((black & ~grad).sum())
         if names and grad.any():
             yield _flag("BB", f"{', '.join(dict.fromkeys(names))} broke {_share(k, n)} that "
                               f"the whitebox gradient attacks did not{at}", k > SHARE * n,
                         k / max(n, 1))
-        for _, pair in e.groupby(["attack", e["attack_params"].map(repr)], sort=False):
-            for _, obl in pair[pair["threat"] == "oblivious"].iterrows():
-                for _, wb in pair[pair["threat"] == "whitebox"].iterrows():
+        for pair in grouped(e, lambda c: (c["attack"], repr(c["attack_params"]))).values():
+            whitebox = [c for c in pair if c["threat"] == "whitebox"]
+            for obl in (c for c in pair if c["threat"] == "oblivious"):
+                for wb in whitebox:
                     k = int((_broken(obl, clean) & ~_broken(wb, clean)).sum())
                     yield _flag("WO", f"{obl['_label']} broke {_share(k, n)} that "
                                       f"{wb['_label']} did not", k > SHARE * n, k / max(n, 1))
 
 
-def _convergence(g: pd.DataFrame) -> Iterator[dict[str, Any]]:
-    """NC: the same attack with twice the steps is more than a point stronger."""
-    cells = [c for _, c in g.iterrows() if isinstance(c["attack_params"], dict)
+def _convergence(cells: list[Cell]) -> Iterator[dict[str, Any]]:
+    """NC: the same attack with twice the steps is more than a point stronger (each cell
+    compared with those of its series only: the same attack, threat, eps and parameters but
+    steps and step size)."""
+    cells = [c for c in cells if isinstance(c["attack_params"], dict)
              and "steps" in c["attack_params"] and not suite_members(c["metadata"])]
-    for a in cells:
-        for b in cells:
-            same = (a["attack"], a["threat"], a["eps"], _params(a, ("steps", "alpha"))) == \
-                   (b["attack"], b["threat"], b["eps"], _params(b, ("steps", "alpha")))
-            if same and b["attack_params"]["steps"] == 2 * a["attack_params"]["steps"]:
+    keys, series = [], {}
+    for c in cells:
+        keys.append(key := (c["attack"], c["threat"], c["eps"], _params(c, ("steps", "alpha"))))
+        series.setdefault(key, []).append(c)
+    for a, key in zip(cells, keys, strict=True):
+        for b in series[key]:
+            if b["attack_params"]["steps"] == 2 * a["attack_params"]["steps"]:
                 drop = float(a["robust_acc"] - b["robust_acc"])
                 yield _flag("NC", f"{a['_label']} {100 * a['robust_acc']:.1f}% -> "
                                   f"{b['attack_params']['steps']} steps "
                                   f"{100 * b['robust_acc']:.1f}%", drop > POINTS, drop)
 
 
-def _monotone(g: pd.DataFrame) -> Iterator[dict[str, Any]]:
+def _monotone(cells: list[Cell]) -> Iterator[dict[str, Any]]:
     """EPS: accuracy rises with eps for one attack and threat."""
-    key = g.apply(lambda c: _params(c, ("alpha",)), axis=1)
-    for _, s in g.groupby(["attack", "threat", key], sort=False):
-        s = s.sort_values("eps")
-        acc, eps = list(s["robust_acc"].astype(float)), list(s["eps"].astype(float))
+    for s in grouped(cells, lambda c: (c["attack"], c["threat"], _params(c, ("alpha",)))
+                     ).values():
+        s = [s[i] for i in argsort([c["eps"] for c in s], "quicksort")]  # as sort_values
+        acc, eps = [float(c["robust_acc"]) for c in s], [float(c["eps"]) for c in s]
         if len(acc) < 2:
             continue
-        rise = max(acc[i] - min(acc[:i]) for i in range(1, len(acc)))
+        rises, low = [], acc[0]
+        for a in acc[1:]:  # each accuracy above the lowest at a smaller eps
+            rises.append(a - low)
+            low = min(low, a)
+        rise = max(rises)
         curve = ", ".join(f"{100 * a:.1f}% at eps {format_eps(e)}"
                           for a, e in zip(acc, eps, strict=True))
-        yield _flag("EPS", f"{s.iloc[0]['attack']}/{s.iloc[0]['threat']}: {curve}",
-                    rise > POINTS, rise)
+        yield _flag("EPS", f"{s[0]['attack']}/{s[0]['threat']}: {curve}", rise > POINTS, rise)
 
 
-def _unbounded(g: pd.DataFrame, classes: int) -> Iterator[dict[str, Any]]:
+def _unbounded(cells: list[Cell], classes: int) -> Iterator[dict[str, Any]]:
     """UB: an attack at eps 1 leaves more than chance."""
-    for _, c in g[g["eps"].astype(float) >= UNBOUNDED - 1e-9].iterrows():
-        if c["threat"] == "whitebox" and _is(c, "audit_role") != "noise":
+    for c in cells:
+        if float(c["eps"]) >= UNBOUNDED - 1e-9 and c["threat"] == "whitebox" \
+                and _is(c, "audit_role") != "noise":
             yield _flag("UB", f"{c['_label']} leaves {100 * c['robust_acc']:.1f}% "
                               f"(chance {100 / classes:.1f}%)", c["robust_acc"] > 1.0 / classes,
                         float(c["robust_acc"]))
@@ -178,12 +200,13 @@ def _stored_checks(checks: dict[str, dict[str, Any]], n: int) -> Iterator[dict[s
                     nd["value"] > 0, float(nd["value"]))
 
 
-def row_findings(g: pd.DataFrame, checks: dict[str, dict[str, Any]],
+def row_findings(g: pd.DataFrame | list[Cell], checks: dict[str, dict[str, Any]],
                  classes: int = 10) -> list[dict[str, Any]]:
     """Every finding of one leaderboard row (its identified cells ``g``, all over the same
-    images) and its stored checks, raised or not, in :data:`LEGEND` order: ``{"code", "title",
-    "detail", "raised", "value"}``."""
-    n = int(g["n"].iloc[0])
+    images; a frame or its :func:`~bench.report.headline.records`) and its stored checks, raised
+    or not, in :data:`LEGEND` order: ``{"code", "title", "detail", "raised", "value"}``."""
+    g = records(g)
+    n = int(g[0]["n"])
     clean = clean_of(g)
     found = [*_per_eps(g, clean, n), *_convergence(g), *_monotone(g), *_unbounded(g, classes),
              *_stored_checks(checks, n)]
@@ -191,31 +214,46 @@ def row_findings(g: pd.DataFrame, checks: dict[str, dict[str, Any]],
     return sorted(found, key=lambda f: order.index(f["code"]))
 
 
-def row_flags(g: pd.DataFrame, checks: dict[str, dict[str, Any]],
+def row_flags(g: pd.DataFrame | list[Cell], checks: dict[str, dict[str, Any]],
               classes: int = 10) -> list[dict[str, Any]]:
     """The raised flags of one row (:func:`row_findings`); each ``{"code", "title",
     "detail"}`` (and ``raised``, ``value``)."""
     return [f for f in row_findings(g, checks, classes) if f["raised"]]
 
 
-def not_applicable(g: pd.DataFrame, checks: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The checks that the row's cells and stored checks cannot decide, with the reason (a
-    check with nothing to look at must not read as passed)."""
-    role = g["metadata"].map(lambda m: m.get("audit_role") if isinstance(m, dict) else None)
-    wb = g["threat"] == "whitebox"
-    steps = g["attack_params"].map(lambda p: p.get("steps") if isinstance(p, dict) else None)
+def _steps(cell: Cell) -> Any:
+    return cell["attack_params"].get("steps") if isinstance(cell["attack_params"], dict) else None
+
+
+def _present(value: Any) -> bool:
+    """Not missing (``Series.dropna``'s None and NaN)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def not_applicable(g: pd.DataFrame | list[Cell], checks: dict[str, dict[str, Any]]
+                   ) -> dict[str, str]:
+    """The checks that the row's cells (a frame or its records) and stored checks cannot
+    decide, with the reason (a check with nothing to look at must not read as passed)."""
+    g = records(g)
+    role = [_is(c, "audit_role") for c in g]
+    wb = [c["threat"] == "whitebox" for c in g]
+    steps = [s for s in map(_steps, g) if _present(s)]
+    eps_of: dict[tuple[Any, Any], set[Any]] = {}
+    for c in g:
+        eps_of.setdefault((c["attack"], c["threat"]), set()).add(c["eps"])
     out = {}
-    if not ((role == "single-step") & wb).any() or not ((role != "single-step") & wb).any():
+    if not any(r == "single-step" and w for r, w in zip(role, wb, strict=True)) \
+            or not any(r != "single-step" and w for r, w in zip(role, wb, strict=True)):
         out["SS"] = "needs a single-step and an iterative whitebox attack"
-    if not any(2 * a in set(steps.dropna()) for a in steps.dropna()):
+    if not any(2 * a in set(steps) for a in steps):
         out["NC"] = "needs the same attack with twice the steps"
-    if g.groupby(["attack", "threat"])["eps"].nunique().max() < 2:
+    if max(map(len, eps_of.values())) < 2:
         out["EPS"] = "needs one attack at two eps"
-    if not (g["eps"].astype(float) >= UNBOUNDED - 1e-9).any():
+    if not any(float(c["eps"]) >= UNBOUNDED - 1e-9 for c in g):
         out["UB"] = "needs an attack at eps 1"
-    if not (wb & (g["threat"] != "transfer")).any():
+    if not any(wb):
         out["BB"] = "needs whitebox gradient attacks"
-    if not (set(g["threat"]) >= {"oblivious", "whitebox"}):
+    if not ({c["threat"] for c in g} >= {"oblivious", "whitebox"}):
         out["WO"] = "needs an attack under both oblivious and whitebox"
     if "zero_gradients" not in checks:
         out["ZG"] = "not measured (run bench audit)"
@@ -227,10 +265,12 @@ def not_applicable(g: pd.DataFrame, checks: dict[str, dict[str, Any]]) -> dict[s
     return out
 
 
-def _row_checks(g: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
+def _row_checks(g: list[Cell], checks: dict[str, dict[str, dict[str, Any]]]
                 ) -> dict[str, Any]:
     stored: dict[str, Any] = {}
-    for config in g["config"]:
+    if not checks:  # nothing stored: no row identity to compute
+        return stored
+    for config in (c["config"] for c in g):
         stored.update(checks.get(row_id(config), {}) if isinstance(config, dict) else {})
     return stored
 
@@ -244,32 +284,35 @@ def _classes(dataset: str) -> int:
         return 10
 
 
-def _per_row(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]],
+def _per_row(cells: pd.DataFrame | list[Cell], checks: dict[str, dict[str, dict[str, Any]]],
              each: Any) -> dict[str, Any]:
-    """Row key (``dataset/model/defense`` as shown) -> ``each(cells of the row, its stored
-    checks, its dataset's classes)``, for identified ``cells``."""
-    out = {}
-    for _, g in cells.groupby("_row", sort=False):
-        first = g.iloc[0]
+    """Row key (``dataset/model/defense`` as shown) -> ``each(records of the row's cells, its
+    stored checks, its dataset's classes)``, for identified ``cells`` (a frame or its records),
+    the rows in order of first appearance."""
+    out, classes = {}, {}
+    for g in grouped(records(cells), lambda c: c["_row"]).values():
+        first = g[0]
         key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
-        out[key] = each(g, _row_checks(g, checks), _classes(first["dataset"]))
+        if first["dataset"] not in classes:  # one registry look-up per dataset, not per row
+            classes[first["dataset"]] = _classes(first["dataset"])
+        out[key] = each(g, _row_checks(g, checks), classes[first["dataset"]])
     return out
 
 
-def flags(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
+def flags(cells: pd.DataFrame | list[Cell], checks: dict[str, dict[str, dict[str, Any]]]
           ) -> dict[str, list[dict[str, Any]]]:
     """Row key -> its raised flags (:func:`row_flags`), for identified ``cells``; ``checks``
     as :meth:`bench.store.Store.checks` returns them."""
     return _per_row(cells, checks, row_flags)
 
 
-def findings(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
+def findings(cells: pd.DataFrame | list[Cell], checks: dict[str, dict[str, dict[str, Any]]]
              ) -> dict[str, list[dict[str, Any]]]:
     """Row key -> every finding of the row, raised or not (:func:`row_findings`)."""
     return _per_row(cells, checks, row_findings)
 
 
-def undecided(cells: pd.DataFrame, checks: dict[str, dict[str, dict[str, Any]]]
+def undecided(cells: pd.DataFrame | list[Cell], checks: dict[str, dict[str, dict[str, Any]]]
               ) -> dict[str, dict[str, str]]:
     """Row key -> :func:`not_applicable` for identified ``cells``."""
     return _per_row(cells, checks, lambda g, c, _: not_applicable(g, c))

@@ -14,6 +14,8 @@ that broke them first (``adaptive:apgd-ce``).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,35 @@ import pandas as pd
 from bench.config import format_eps
 
 CLEAN = "clean"
+Cell = dict[str, Any]  # one identified cell as a plain record: a row of the frame
+
+
+def records(cells: pd.DataFrame | list[Cell]) -> list[Cell]:
+    """``cells`` as plain records, one dict a cell (Python values), in the frame's order: read
+    once, since a pandas row (``iterrows``, a group's frame) costs far more than the checks made
+    on it; a column at a time, since pandas hands a string column out a value per call."""
+    if isinstance(cells, list):
+        return cells
+    names = list(cells.columns)
+    columns = [cells.iloc[:, i].to_numpy(dtype=object).tolist() for i in range(len(names))]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def grouped(cells: list[Cell], key: Callable[[Cell], Hashable]) -> dict[Any, list[Cell]]:
+    """``cells`` grouped by ``key(cell)`` in one pass: the groups in order of first appearance,
+    each group's cells in order (as ``DataFrame.groupby(..., sort=False)`` orders them)."""
+    out: dict[Any, list[Cell]] = {}
+    for c in cells:
+        out.setdefault(key(c), []).append(c)
+    return out
+
+
+def argsort(values: list[float], kind: str) -> np.ndarray:
+    """The order ``Series.sort_values(kind=kind)`` puts ``values`` in: NaN last, in order."""
+    a = np.asarray(values, dtype=float)
+    nan = np.isnan(a)
+    idx = np.arange(len(a))
+    return np.concatenate([idx[~nan][a[~nan].argsort(kind=kind)], idx[nan]])
 
 
 def headline_label(eps: float) -> str:
@@ -47,12 +78,13 @@ def first_break(metadata: Any) -> np.ndarray:
     return np.array([-1 if f is None else int(f) for f in codes], dtype=int)
 
 
-def clean_of(cells: pd.DataFrame) -> np.ndarray:
+def clean_of(cells: pd.DataFrame | list[Cell]) -> np.ndarray:
     """Per image, correct clean in every cell of ``cells`` (one row's cells, same images)."""
-    return np.logical_and.reduce([np.asarray(c, dtype=bool) for c in cells["clean_correct"]])
+    return np.logical_and.reduce([np.asarray(c["clean_correct"], dtype=bool)
+                                  for c in records(cells)])
 
 
-def _attacks(cell: pd.Series) -> list[str]:
+def _attacks(cell: Cell) -> list[str]:
     """What one cell covers: its column label, or ``label:member`` for each suite member."""
     members = suite_members(cell["metadata"])
     if members:
@@ -60,9 +92,9 @@ def _attacks(cell: pd.Series) -> list[str]:
     return [cell["_label"]]
 
 
-def worst(cells: pd.DataFrame) -> dict[str, Any]:
+def worst(cells: pd.DataFrame | list[Cell]) -> dict[str, Any]:
     """The headline of the cells of one row at one eps (labelled by
-    :func:`bench.report.identity.identify`).
+    :func:`bench.report.identity.identify`; a frame or its :func:`records`).
 
     Returns:
         ``acc`` (in [0, 1]), ``robust`` (per-image bool array), ``attacks`` (what it covers, a
@@ -70,15 +102,15 @@ def worst(cells: pd.DataFrame) -> dict[str, Any]:
         ``clean`` first, then the strongest attack first; every image not robust counted once)
         and ``n``.
     """
-    n = int(cells["n"].iloc[0])
+    cells = records(cells)
+    n = int(cells[0]["n"])
     clean = clean_of(cells)
     robust = clean.copy()
     owner = np.full(n, "", dtype=object)
     owner[~clean] = CLEAN
-    order = cells.assign(_acc=cells["robust_acc"].astype(float)).sort_values("_acc",
-                                                                            kind="stable")
     attacks: list[str] = []
-    for _, cell in order.iterrows():
+    for i in argsort([c["robust_acc"] for c in cells], "stable"):  # the strongest first
+        cell = cells[i]
         correct = np.asarray(cell["robust_correct"], dtype=bool)
         labels = _attacks(cell)
         attacks += labels
@@ -88,24 +120,30 @@ def worst(cells: pd.DataFrame) -> dict[str, Any]:
                 owner[(code == k) & (owner == "")] = label
         owner[~correct & (owner == "")] = cell["_label"]
         robust &= correct
-    counts = {label: int((owner == label).sum()) for label in [CLEAN, *attacks]}
+    owned = Counter(owner.tolist())
+    counts = {label: owned[label] for label in [CLEAN, *attacks]}
     return {"acc": float(robust.mean()) if n else float("nan"), "robust": robust,
             "attacks": attacks, "n": n,
             "broken_by": {k: v for k, v in counts.items() if v or k == CLEAN}}
 
 
-def headlines(cells: pd.DataFrame) -> dict[tuple[str, float], dict[str, Any]]:
-    """:func:`worst` for every (row, eps) of identified ``cells``."""
-    return {(row, float(eps)): worst(g)
-            for (row, eps), g in cells.groupby(["_row", "eps"], sort=False)}
+def headlines(cells: pd.DataFrame | list[Cell]) -> dict[tuple[str, float], dict[str, Any]]:
+    """:func:`worst` for every (row, eps) of identified ``cells`` (a frame or its
+    :func:`records`), in order of first appearance."""
+    groups = grouped(records(cells), lambda c: (c["_row"], float(c["eps"])))
+    return {key: worst(g) for key, g in groups.items()}
 
 
-def breakdown(cells: pd.DataFrame) -> pd.DataFrame:
+def breakdown(cells: pd.DataFrame | list[Cell],
+              heads: dict[tuple[str, float], dict[str, Any]] | None = None) -> pd.DataFrame:
     """One line per (row, eps): the headline, what it covers and which attack broke how many
-    images first (``broken_by``: ``label: count`` in attribution order)."""
+    images first (``broken_by``: ``label: count`` in attribution order). ``heads``: the
+    :func:`headlines` of ``cells`` when already computed."""
+    cells = records(cells)
+    firsts = {row: g[0] for row, g in grouped(cells, lambda c: c["_row"]).items()}
     rows = []
-    for (row, eps), h in headlines(cells).items():
-        first = cells[cells["_row"] == row].iloc[0]
+    for (row, eps), h in (headlines(cells) if heads is None else heads).items():
+        first = firsts[row]
         rows.append({"dataset": first["dataset"], "model": first["_model"],
                      "defense": first["_defense"], "eps": float(eps), "n": h["n"],
                      "worst_case_acc": h["acc"], "attacks": len(h["attacks"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import namedtuple
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,15 @@ _MARKED = ("eot",)
 _HASHES = ("slice", "classifier", "defense_weights")  # named only when nothing readable differs
 _PARTS = "parts."  # a composite's parts' identities: like digests, named only when needed
 _MODEL_SIDE = ("model_opts.", "classifier")  # beside the model; the rest beside the defense
+# The columns a cell's settings and labels are read from, and the settings taken from columns
+# where the stored configuration lacks them (rows written by older versions).
+_READ = ("config", "dataset", "split", "n", "model", "defense", "attack", "threat", "norm",
+         "seed", "eps", "attack_params", "defense_params")
+_FROM_COLUMNS = ("dataset", "split", "n", "model", "defense", "attack", "threat", "norm", "seed")
+_Row = namedtuple("_Row", _READ)
+# json.dumps(..., default=str) and its canonical (sorted) form, built once, not once a value
+_JSON = json.JSONEncoder(default=str)
+_CANONICAL = json.JSONEncoder(sort_keys=True, default=str)
 
 
 def _flat(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -40,15 +50,23 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, str]:
         for k, v in obj.items():
             out.update(_flat(v, f"{prefix}{k}."))
         return out
-    return {prefix[:-1]: json.dumps(obj, sort_keys=True, default=str)}
+    return {prefix[:-1]: _CANONICAL.encode(obj)}
 
 
-def _settings(row: Any) -> dict[str, str]:
+def _rows(cells: pd.DataFrame) -> list[_Row]:
+    """The columns :data:`_READ` of every cell, one named tuple a cell, as Python values (read
+    a column at a time: a pandas string column hands out its values one call each)."""
+    columns = [cells[c].to_numpy(dtype=object).tolist() for c in _READ]
+    return [_Row._make(values) for values in zip(*columns, strict=True)]
+
+
+def _settings(row: _Row) -> dict[str, str]:
     """Every setting of a cell: its stored configuration, completed from the row's columns (rows
     written by older versions hold less configuration)."""
     flat = _flat(row.config if isinstance(row.config, dict) else {})
-    for key in ("dataset", "split", "n", "model", "defense", "attack", "threat", "norm", "seed"):
-        flat.setdefault(key, json.dumps(_native(getattr(row, key)), default=str))
+    for key in _FROM_COLUMNS:
+        if key not in flat:
+            flat[key] = _JSON.encode(_native(getattr(row, key)))
     flat["eps"] = json.dumps(float(row.eps))
     for group in ("attack_params", "defense_params"):
         for k, v in _flat(getattr(row, group) or {}, f"{group}.").items():
@@ -83,7 +101,7 @@ def _varying(settings: list[dict[str, str]], groups: list[Any], keep: Any) -> di
         by_group.setdefault(g, []).append(st)
     out: dict[Any, list[str]] = {}
     for g, members in by_group.items():
-        keys = sorted({k for st in members for k in st if keep(k)})
+        keys = sorted(k for k in {k for st in members for k in st} if keep(k))  # keep once a key
         out[g] = [k for k in keys if len({st.get(k) for st in members}) > 1]
     return out
 
@@ -105,12 +123,13 @@ def identify(cells: pd.DataFrame) -> pd.DataFrame:
     distinguish it from other columns of that name). Readable settings are used first; weight
     and data digests, then the config hash, only where cells would otherwise still collide.
     """
-    settings = [_settings(r) for r in cells.itertuples(index=False)]
+    read = _rows(cells)
+    settings = [_settings(r) for r in read]
     show_norm = cells["norm"].nunique() > 1
     bases = [column_label(r.attack, r.threat, r.eps, r.norm if show_norm else None)
-             for r in cells.itertuples(index=False)]
+             for r in read]
     col_keys = _varying(settings, bases, lambda k: _is_column_setting(k) and k not in _VISIBLE)
-    row_bases = list(cells[list(_ROW_BASE)].itertuples(index=False, name=None))
+    row_bases = [(r.dataset, r.model, r.defense) for r in read]
     within = _varying(settings, list(zip(row_bases, bases, strict=True)),
                       lambda k: k in _MARKED)
     for base in col_keys:  # marked settings split a column only where one row needs it

@@ -40,8 +40,9 @@ from bench.config import format_eps
 from bench.errors import BenchError
 from bench.report._page_assets import CSS, SCRIPT
 from bench.report.export import caption
+from bench.report.headline import Cell, grouped, records
 from bench.report.identity import identify
-from bench.report.tables import leaderboard, long_table, worst_case
+from bench.report.tables import _plain, leaderboard, long_table, worst_case
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,12 @@ def _row_key(row: Any) -> str:
     return f"{row['dataset']}/{row['model']}/{row['defense']}"
 
 
-def _marks(wide: pd.DataFrame, cells: pd.DataFrame) -> dict[tuple[str, str], dict[str, str]]:
+def _marks(wide: pd.DataFrame, cells: list[Cell]) -> dict[tuple[str, str], dict[str, str]]:
     """``(row key, column) -> {mark: tooltip}`` for the cells that used BPDA or EOT."""
     out: dict[tuple[str, str], dict[str, str]] = {}
     for key, col in wide.attrs.get("bpda", []):
         out.setdefault((key, col), {})[BPDA_MARK] = "gradients through BPDA"
-    for _, c in cells.iterrows():
+    for c in cells:
         draws = [d["eot"] for d in (c["config"], c["metadata"]) if isinstance(d, dict)
                  and d.get("eot")]
         if draws:
@@ -138,7 +139,7 @@ def _board(wide: pd.DataFrame, marks: dict[tuple[str, str], dict[str, str]],
     heads = set(wide.attrs.get("headline_columns", []))
     covers = set(wide.attrs.get("covers_columns", []))
     rows = []
-    for i, r in enumerate(wide.to_dict(orient="records")):
+    for i, r in enumerate(_plain(wide).to_dict(orient="records")):
         key, tds = _row_key(r), []
         for c in cols:
             if c == "defense":
@@ -250,10 +251,10 @@ def _codes(values: dict[str, list[str]], empty: str = "none") -> str:
         or empty
 
 
-def _scaled(g: pd.DataFrame) -> list[str]:
+def _scaled(g: list[Cell]) -> list[str]:
     """What the row's cells record as scaled down from the paper."""
     notes: list[str] = []
-    for meta in g["metadata"]:
+    for meta in (c["metadata"] for c in g):
         meta = meta if isinstance(meta, dict) else {}
         fit = meta.get("fit") if isinstance(meta.get("fit"), dict) else {}
         texts = [v for k, v in meta.items() if "scaled" in k] + \
@@ -270,25 +271,25 @@ def _scalars(dicts: Iterable[Any], key: str) -> dict[str, list[str]]:
             if "scaled" not in k and all(not s.startswith(("{", "[")) for s in v)}
 
 
-def _provenance(g: pd.DataFrame) -> str:
-    created = sorted(str(t) for t in g["created_at"])
+def _provenance(g: list[Cell]) -> str:
+    created = sorted(str(c["created_at"]) for c in g)
     facts = {
-        "git": ", ".join(sorted(set(g["git_rev"].astype(str)))),
+        "git": ", ".join(sorted({str(c["git_rev"]) for c in g})),
         "created": created[0] + (f" – {created[-1]}" if created[-1] != created[0] else ""),
-        "seed": ", ".join(map(str, sorted(set(g["seed"])))),
-        "n": ", ".join(map(str, sorted(set(g["n"])))),
-        "device": ", ".join(sorted(set(g["device"].astype(str)))) if "device" in g else "",
+        "seed": ", ".join(map(str, sorted({c["seed"] for c in g}))),
+        "n": ", ".join(map(str, sorted({c["n"] for c in g}))),
+        "device": ", ".join(sorted({str(c["device"]) for c in g})) if "device" in g[0] else "",
     }
     text = "; ".join(f"{k} {_esc(v)}" for k, v in facts.items() if v)
-    return f"{text}<br>versions: {_codes(_merged(g['versions']))}"
+    return f"{text}<br>versions: {_codes(_merged(c['versions'] for c in g))}"
 
 
-def _row_cells(g: pd.DataFrame, marks: dict[tuple[str, str], dict[str, str]]) -> str:
+def _row_cells(g: list[Cell], marks: dict[tuple[str, str], dict[str, str]]) -> str:
     """The row's cells: what ran, how, and what it scored."""
     th = [_cell(h, tag="th") for h in ("column", "robust (%)", "clean (%)", "marks",
                                         "suite members", "wall (s)")]
     rows = []
-    for _, c in g.iterrows():
+    for c in g:
         m = marks.get((c["_key"], c["_label"]), {})
         members = (c["metadata"].get("suite") or {}).get("members", []) \
             if isinstance(c["metadata"], dict) else []
@@ -302,10 +303,15 @@ def _row_cells(g: pd.DataFrame, marks: dict[tuple[str, str], dict[str, str]]) ->
     return _table("", th, rows, "row-cells")
 
 
-def _detail(i: int, r: dict[str, Any], g: pd.DataFrame, found: list[dict[str, Any]],
-            marks: dict[tuple[str, str], dict[str, str]], heads: list[str]) -> str:
-    """One row's detail view."""
-    summary, cite = paper(str(g["defense"].iloc[0]))
+def _detail(i: int, r: dict[str, Any], g: list[Cell], found: list[dict[str, Any]],
+            marks: dict[tuple[str, str], dict[str, str]], heads: list[str],
+            papers: dict[str, tuple[str, str]]) -> str:
+    """One row's detail view (``g``: the records of its cells); ``papers``: :func:`paper` of
+    each defense name, filled as met."""
+    name = str(g[0]["defense"])
+    if name not in papers:  # one registry look-up per defense, not per row
+        papers[name] = paper(name)
+    summary, cite = papers[name]
     scores = ", ".join(f"{h} {_pct(r[h])}%" for h in heads)
     codes = " ".join(_flag(f, False) for f in found)
     flag_items = "".join(f'<li>{_flag(f, False)} {_esc(f.get("title", ""))}: '
@@ -315,10 +321,10 @@ def _detail(i: int, r: dict[str, Any], g: pd.DataFrame, found: list[dict[str, An
         ("Paper", (_esc(summary) + (f"<br>{_linked(cite)}" if cite else ""))
          or "not a registered defense now"),
         ("Flags", f"<ul>{flag_items}</ul>" if found else ""),
-        ("Parameters", _codes(_merged(g["defense_params"]))),
+        ("Parameters", _codes(_merged(c["defense_params"] for c in g))),
         ("Scaled down", "<br>".join(map(_esc, scaled)) or "nothing recorded"),
-        ("Training", _codes(_scalars(g["metadata"], "fit"), "")),
-        ("Classifier", _codes(_scalars(g["metadata"], "classifier"), "")),
+        ("Training", _codes(_scalars([c["metadata"] for c in g], "fit"), "")),
+        ("Classifier", _codes(_scalars([c["metadata"] for c in g], "classifier"), "")),
         ("Provenance", _provenance(g)),
     ]
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts if v)
@@ -360,14 +366,17 @@ def build_page(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | No
         ConfigError: ``df`` is empty.
     """
     wide = leaderboard(df, baseline)
-    cells = identify(df)
-    cells = cells.assign(_key=cells["dataset"] + "/" + cells["_model"] + "/" + cells["_defense"])
+    labelled = identify(_plain(df))  # without the store's checks, copied into each column
+    cells = records(labelled.assign(_key=labelled["dataset"] + "/" + labelled["_model"] + "/"
+                                    + labelled["_defense"]))  # read once, as plain records
     flags = wide.attrs.get("flags")
     legend = dict(wide.attrs.get("flag_legend") or {}) if legend is None else legend
     marks = _marks(wide, cells)
     heads = wide.attrs.get("headline_columns", [])
-    details = [_detail(i, r, cells[cells["_key"] == _row_key(r)], (flags or {}).get(
-        _row_key(r), []), marks, heads) for i, r in enumerate(wide.to_dict(orient="records"))]
+    rows = grouped(cells, lambda c: c["_key"])  # one pass, not a scan per row
+    papers: dict[str, tuple[str, str]] = {}
+    details = [_detail(i, r, rows[_row_key(r)], (flags or {}).get(_row_key(r), []), marks,
+                       heads, papers) for i, r in enumerate(_plain(wide).to_dict(orient="records"))]
     long = long_table(df, baseline)
     breakdown, plots = _breakdown(wide, df, baseline), _plots(out_dir)
     body = [

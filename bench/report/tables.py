@@ -31,7 +31,14 @@ from bench.errors import ConfigError
 from bench.registry import natural_key
 from bench.report.flags import LEGEND
 from bench.report.flags import flags as row_flags
-from bench.report.headline import breakdown, covers_label, headline_label, headlines
+from bench.report.headline import (
+    breakdown,
+    covers_label,
+    grouped,
+    headline_label,
+    headlines,
+    records,
+)
 from bench.report.identity import identify
 from bench.threat import Threat
 
@@ -49,6 +56,22 @@ def _require(df: pd.DataFrame | None) -> pd.DataFrame:
         raise ConfigError("The result store holds no cells yet: run `python -m bench run ...` "
                           "first (or pass --results PATH to read another store).")
     return df
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` without its ``attrs`` (the store's checks, a leaderboard's flags and breakdown):
+    pandas deep-copies them into every frame and column derived from ``df``, a cost per column
+    or row that grows with the store."""
+    return pd.DataFrame(df)
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of ``values`` but NaN, summed as ``Series.mean`` sums them (NaN as 0, in
+    order), so that it is the same to the last bit."""
+    a = np.asarray(values, dtype=float)
+    nan = np.isnan(a)
+    count = len(a) - int(nan.sum())
+    return float(np.where(nan, 0.0, a).sum() / count) if count else float("nan")
 
 
 def _threat_rank(threat: str) -> tuple[int, str]:
@@ -113,29 +136,30 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     cells = identify(_ordered(_require(df), baseline))
     columns = list(dict.fromkeys(cells.sort_values(["_a", "_t", "norm", "eps"],
                                                    kind="stable")["_label"]))
-    warnings = row_flags(cells, checks)
+    cell_list = records(cells)  # one pass over plain records, not a frame per row
+    warnings = row_flags(cell_list, checks)
     eps_list = sorted(set(cells["eps"].astype(float)))
-    heads = headlines(cells)
+    heads = headlines(cell_list)
     head_cols = [c for e in eps_list for c in (headline_label(e), covers_label(e))]
     rows, bpda, eot, raw_defense = [], [], [], []
-    for row_key, g in cells.groupby("_row", sort=False):
-        first = g.iloc[0]
+    for row_key, g in grouped(cell_list, lambda c: c["_row"]).items():
+        first = g[0]
         raw_defense.append(first["defense"])
         key = f"{first['dataset']}/{first['_model']}/{first['_defense']}"
         row = {"dataset": first["dataset"], "model": first["_model"],
                "defense": first["_defense"], "kind": first["defense_kind"],
-               "clean_acc": float(g["clean_acc"].mean()), "n": int(first["n"])}
+               "clean_acc": _mean([c["clean_acc"] for c in g]), "n": int(first["n"])}
         for e in eps_list:
             h = heads.get((row_key, e))
             row[headline_label(e)] = h["acc"] if h else float("nan")
             row[covers_label(e)] = len(h["attacks"]) if h else 0
         row["flags"] = ",".join(f["code"] for f in warnings[key])
         row.update({c: float("nan") for c in columns})
-        row.update(dict(zip(g["_label"], g["robust_acc"].astype(float), strict=True)))
+        row.update({c["_label"]: float(c["robust_acc"]) for c in g})
         rows.append(row)
-        bpda += [[key, label] for label in g.loc[g["bpda"].astype(bool), "_label"]]
-        eot += [[key, label] for label, cfg in zip(g["_label"], g["config"], strict=True)
-                if isinstance(cfg, dict) and "eot" in cfg]
+        bpda += [[key, c["_label"]] for c in g if bool(c["bpda"])]
+        eot += [[key, c["_label"]] for c in g
+                if isinstance(c["config"], dict) and "eot" in c["config"]]
     wide = pd.DataFrame(rows, columns=["dataset", "model", "defense", "kind", "clean_acc", "n",
                                        *head_cols, "flags", *columns])
     if len(wide) and eps_list:
@@ -150,7 +174,8 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     wide.attrs.update(attack_columns=columns, bpda=bpda, eot=eot,
                       headline_columns=[headline_label(e) for e in eps_list],
                       covers_columns=[covers_label(e) for e in eps_list],
-                      breakdown=breakdown(cells), flags=warnings, flag_legend=LEGEND)
+                      breakdown=breakdown(cell_list, heads), flags=warnings,
+                      flag_legend=LEGEND)
     return wide
 
 
@@ -200,15 +225,16 @@ def worst_case(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     Raises:
         ConfigError: ``df`` is empty.
     """
-    cells = identify(_ordered(_require(df), baseline))
+    cells = records(identify(_ordered(_require(df), baseline)))
     rows = []
-    for _, g in cells.groupby(["_row", "threat", "norm", "eps"], sort=False):
-        correct = np.stack([np.asarray(c, dtype=bool) for c in g["robust_correct"]])
-        first = g.iloc[0]
+    for g in grouped(cells, lambda c: (c["_row"], c["threat"], c["norm"], c["eps"])).values():
+        correct = np.stack([np.asarray(c["robust_correct"], dtype=bool) for c in g])
+        first = g[0]
+        accs = [c["robust_acc"] for c in g if not np.isnan(c["robust_acc"])]
         rows.append({"dataset": first["dataset"], "model": first["_model"],
                      "defense": first["_defense"], "threat": first["threat"],
                      "eps": first["eps"], "n": int(first["n"]),
-                     "attacks": ",".join(dict.fromkeys(g["_label"].str.split("/").str[0])),
+                     "attacks": ",".join(dict.fromkeys(c["_label"].split("/")[0] for c in g)),
                      "worst_case_acc": float(correct.all(axis=0).mean()),
-                     "min_single_acc": float(g["robust_acc"].min())})
+                     "min_single_acc": float(min(accs)) if accs else float("nan")})
     return pd.DataFrame(rows)
