@@ -179,7 +179,7 @@ class DiskWriter:
         (self.tmp / META).write_text(json.dumps(meta))
         if self.folder.exists():
             try:  # written meanwhile by another process (a Ray worker): the same bytes
-                there = DiskTensor(self.folder)
+                there = DiskTensor(self.folder, verify=True)  # a damaged set is not kept
                 if there.digest == meta["digest"] and there.shape == tuple(meta["shape"]):
                     shutil.rmtree(self.tmp, ignore_errors=True)
                     return there

@@ -116,6 +116,11 @@ def test_a_set_written_twice_keeps_one_copy_and_a_damaged_one_is_replaced(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
     other = written(tmp_path / "set", x + 0)  # same bytes again
     assert other.digest == first.digest
-    damaged = written(tmp_path / "set", torch.rand(9, 4))  # different content replaces
-    assert damaged.digest != first.digest
+    other_bytes = written(tmp_path / "set", torch.rand(9, 4))  # different content replaces
+    assert other_bytes.digest != first.digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+    # A damaged copy under the same digest (its meta intact) is replaced, never kept.
+    shard.write_bytes(b"\0" * shard.stat().st_size)
+    again = written(tmp_path / "set", x)
+    assert torch.equal(again[torch.arange(9)], x)
+    again.verify()
