@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import shutil
 import tempfile
 import uuid
@@ -382,19 +381,19 @@ class Session(ModelRoles):
             validate_stream(x, out, attack.eps, what, self.batch_size)
             return out
         model = self.source_name if target_id.startswith("source:") else self.model_name
-        name = re.sub(r"[^a-zA-Z0-9_.-]", "_", f"{self.info.name}-{model}-{attack.name}")
-        folder = self.cache.root / "adversarial" / f"{name}-{stable_hash(key)}.d"
+        folder = self.cache.path("adversarial", f"{self.info.name}-{model}-{attack.name}",
+                                 key).with_suffix(".d")
+        stored_key = json.loads(json.dumps(key, default=str))  # as the metadata holds it
         if (folder / "meta.json").exists():
             try:
                 hit = DiskTensor(folder, verify=True)
-                if hit.extra.get("key") != json.loads(json.dumps(key, default=str)):
+                if hit.extra.get("key") != stored_key:
                     raise CheckpointError(f"{folder} holds another set's key")
                 validate_stream(x, hit, attack.eps, what, self.batch_size)
                 return hit
             except BenchError as exc:
                 log.warning("recomputing %s, rejected on reading: %s", folder, exc)
-        out = self._craft_on_disk(attack, target, folder, None,
-                                  extra={"key": json.loads(json.dumps(key, default=str))})
+        out = self._craft_on_disk(attack, target, folder, None, extra={"key": stored_key})
         validate_stream(x, out, attack.eps, what, self.batch_size)
         return out
 

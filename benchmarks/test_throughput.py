@@ -49,7 +49,7 @@ def _run(cfg: RunConfig, scratch: Path, cache: Cache, fresh_sets: bool = True) -
 
 
 def test_an_oblivious_grid_crafts_each_set_once_for_every_defense(
-        benchmark: Any, report: Any, scratch: Path) -> None:
+        report: Any, scratch: Path) -> None:
     dataset, n = ("digits", 40) if report.tiny else (_dataset(), 500)
     defenses = ("none", "bitdepth", "median", "jpeg")
     attacks = ("pgd100",) if not report.tiny else ("pgd10",)
@@ -60,7 +60,6 @@ def test_an_oblivious_grid_crafts_each_set_once_for_every_defense(
     grid = _run(RunConfig(**base, defenses=defenses), scratch, cache)
     alone = sum(_run(RunConfig(**base, defenses=(d,)), scratch, cache) for d in defenses[1:])
     alone += _run(RunConfig(**base, defenses=("none",)), scratch, cache)
-    benchmark.pedantic(lambda: None, rounds=1)
     d = len(defenses)
     speedup = alone / grid
     report.ratio(f"oblivious grid speed-up, {d} defenses x {len(attacks)} attack ({dataset}, "
@@ -120,7 +119,7 @@ def pgd_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> 
 
 
 def test_attack_throughput_against_the_machines_matmul_rate(
-        benchmark: Any, report: Any, scratch: Path) -> None:
+        report: Any, scratch: Path) -> None:
     dataset = "digits" if report.tiny else _dataset()
     session = Session(dataset, n=64 if report.tiny else 1000, cache=Cache(scratch / "cache"),
                       device=resolve_device(report.device))
@@ -128,7 +127,6 @@ def test_attack_throughput_against_the_machines_matmul_rate(
     dunet = session.built("dunet").eval()  # throughput does not depend on its weights
     through = nn.Sequential(dunet, cnn).eval()
     peak = matmul_rate(256 if report.tiny else 1024, 2 if report.tiny else 20, session.device)
-    benchmark.pedantic(lambda: None, rounds=1)
     x, y = (t.to(session.device) for t in session.test)
     steps = 2 if report.tiny else 10
     cases = [("cnn", cnn, 250, 0.5), ("dunet + cnn", through, 64, 0.6),
@@ -144,7 +142,7 @@ def test_attack_throughput_against_the_machines_matmul_rate(
 
 
 def test_the_adaptive_suite_costs_at_most_three_apgd_ce_runs(
-        benchmark: Any, report: Any, scratch: Path) -> None:
+        report: Any, scratch: Path) -> None:
     tiny = report.tiny
     dataset, n = ("digits", 30) if tiny else (_dataset(), 300)
     cache = Cache(scratch / "cache")
@@ -161,11 +159,10 @@ def test_the_adaptive_suite_costs_at_most_three_apgd_ce_runs(
         ratio = suite / one
         report.ratio(f"adaptive suite / one APGD-CE, {defense} ({dataset}, n={n})", ratio,
                      "<= 3", ratio <= 3, f"{suite:.1f} s vs {one:.1f} s (whole runs)")
-    benchmark.pedantic(lambda: None, rounds=1)
 
 
 def test_attacking_only_the_survivors_saves_the_images_wrong_clean(
-        benchmark: Any, report: Any, scratch: Path, monkeypatch: Any) -> None:
+        report: Any, scratch: Path, monkeypatch: Any) -> None:
     tiny = report.tiny
     dataset, n = ("digits", 60) if tiny else (_dataset(), 500)
     attack = "pgd10" if tiny else "pgd100"
@@ -190,4 +187,3 @@ def test_attacking_only_the_survivors_saves_the_images_wrong_clean(
                      whole / survivors, f">= n/attacked = {n / row['metadata']['attacked']:.3f}",
                      None, f"{whole:.1f} s vs {survivors:.1f} s; clean accuracy "
                      f"{row['clean_acc']:.3f}: {row['metadata']['attacked']} of {n} attacked")
-    benchmark.pedantic(lambda: None, rounds=1)
