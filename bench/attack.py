@@ -158,6 +158,8 @@ class Attack(ABC):
         whether the attack ran or its result came from the cache."""
         x_in = x.detach().clone()
         with rng_isolated(x.device), frozen(model):
+            if torch.is_autocast_enabled(x.device.type):  # --attack-precision bf16
+                model = Float32Logits(model)
             torch.manual_seed(self.seed if seed is None else seed)
             if rows is None:
                 x_adv = self.perturb(model, x_in, y.detach().clone())
@@ -167,9 +169,24 @@ class Attack(ABC):
                     x_adv[rows] = self.perturb_rows(model, x_in, y.detach().clone(), rows)
         if not torch.equal(x_in, x):
             raise AttackValidationError(f"{self.name} mutated its input images; fix the plugin.")
-        x_adv = x_adv.detach()
+        x_adv = x_adv.detach().to(x.dtype)
         validate_adversarial(x, x_adv, self.eps, self.name)
         return x_adv
+
+
+class Float32Logits(nn.Module):
+    """``model`` with its outputs cast to float32: what an attack sees under bf16 autocast
+    (``--attack-precision bf16``), where the model computes in bfloat16. Logits left in
+    bfloat16 break attacks that write them into float32 buffers or convert them to NumPy
+    (torchattacks' Square and APGD-T); the gradient flows through the cast unchanged."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float()
 
 
 class TorchAttack(Attack):

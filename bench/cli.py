@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from bench.config import (
     ENV_CACHE_DIR,
     EXECUTORS,
+    PRECISIONS,
     RunConfig,
     cache_dir,
     check_output_path,
@@ -69,6 +70,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else _positive_int(text)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     """Options shared by run, train and plot. Defaults are None: the value then comes from the
     config file, else from :class:`RunConfig`'s defaults (the precedence of ``--config``)."""
@@ -80,7 +85,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None,
                    help="auto (default: CUDA when present), cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=None, help="default 0")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="default 250")
+    p.add_argument("--batch-size", type=_batch_size, default=None,
+                   help="default 250; auto: the batch of the best attack throughput that fits "
+                        "(probed by doubling on this device, cached, recorded in each row)")
+    p.add_argument("--train-precision", choices=PRECISIONS, default=None,
+                   help="defenses' training: fp32 (default, strict), tf32 or bf16 (autocast); "
+                        "part of the weight key")
+    p.add_argument("--attack-precision", choices=PRECISIONS, default=None,
+                   help="attacks: fp32 (default, strict), tf32 or bf16; recorded in the cell "
+                        "(evaluation is always fp32)")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels-last weights and batches (faster convolutions on GPUs)")
+    p.add_argument("--no-deterministic", dest="deterministic", action="store_false",
+                   default=None, help="allow CUDA's nondeterministic algorithms (cuDNN "
+                                      "autotuning); default: deterministic")
     p.add_argument("--fit-images", type=_positive_int, default=None,
                    help="training images of a defense's recipe (default: the dataset's)")
     p.add_argument("--defense-opt", action="append", metavar="[NAME.]KEY=VALUE",
@@ -225,6 +243,8 @@ _FIELDS = {
     "model_opt": ("model_opts", parse_options),
     "executor": ("executor", None), "ray_address": ("ray_address", None),
     "ray_cpus": ("ray_cpus", None),
+    "train_precision": ("train_precision", None), "attack_precision": ("attack_precision", None),
+    "channels_last": ("channels_last", None), "deterministic": ("deterministic", None),
 }
 
 

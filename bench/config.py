@@ -23,6 +23,16 @@ ENV_RESULTS = "BENCH_RESULTS"
 ENV_EXECUTOR = "BENCH_EXECUTOR"  # the executor when neither the command line nor --config sets one
 EXECUTORS = ("local", "ray")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PRECISIONS = ("fp32", "tf32", "bf16")  # see bench.accel.precision_scope
+
+
+def check_precision(value: Any, option: str) -> str:
+    """``value`` as one of :data:`PRECISIONS`, else a one-line ConfigError naming ``option``."""
+    if value not in PRECISIONS:
+        raise ConfigError(f"{option} {value!r}: use one of {', '.join(PRECISIONS)} (fp32 is "
+                          f"strict float32, tf32 allows TF32 on CUDA, bf16 autocasts to "
+                          f"bfloat16).")
+    return str(value)
 
 
 def parse_fraction(text: str | float, what: str = "Epsilon") -> float:
@@ -235,7 +245,7 @@ class RunConfig:
     seed: int = 0
     alpha: float | None = None
     targeted: str | None = None
-    batch_size: int = 250
+    batch_size: int | str = 250  # or "auto": see bench.accel.probe_batch_size
     source_model: str | None = None
     eot: int = 20
     eval_draws: int = 10
@@ -246,6 +256,15 @@ class RunConfig:
     defense_opts: dict[str, Any] = field(default_factory=dict)
     attack_opts: dict[str, Any] = field(default_factory=dict)
     model_opts: dict[str, Any] = field(default_factory=dict)
+    # Numeric precision of defenses' training and of attacks (fp32, tf32 or bf16; evaluation is
+    # always fp32): part of the weight key, and of the cell's configuration, when not fp32.
+    train_precision: str = "fp32"
+    attack_precision: str = "fp32"
+    # How the numbers are computed on a device, recorded in each row's metadata["execution"]
+    # but, like the device itself, not in its hash: channels-last weights and batches, and
+    # CUDA's deterministic algorithms (see bench.accel).
+    channels_last: bool = False
+    deterministic: bool = True
     # How the grid runs, never what it computes (no cell's configuration or hash holds these):
     # ``local`` (one cell after another in this process) or ``ray`` (see bench.executor).
     executor: str = "local"
@@ -273,9 +292,17 @@ class RunConfig:
         if fit is not None and fit <= 0:
             raise ConfigError(f"--fit-images {fit} must be a positive number of training "
                               f"images.")
-        batch = _int("batch_size", self.batch_size, None, optional=False)
-        if batch is not None and batch <= 0:
-            raise ConfigError(f"--batch-size {batch} must be positive.")
+        batch: int | str | None = self.batch_size
+        if isinstance(batch, str) and batch.strip().lower() == "auto":
+            batch = "auto"
+        else:
+            if isinstance(batch, str) and batch.strip().isdigit():
+                batch = int(batch)
+            if isinstance(batch, str):
+                raise ConfigError(f"--batch-size {batch!r}: pass a positive integer or auto.")
+            batch = _int("batch_size", batch, None, optional=False)
+            if batch is not None and batch <= 0:
+                raise ConfigError(f"--batch-size {batch} must be positive, or auto.")
         put(self, "n", n)
         put(self, "fit_images", fit)
         put(self, "batch_size", batch)
@@ -289,8 +316,12 @@ class RunConfig:
             raise ConfigError(f"--targeted {self.targeted!r}: use 'random' or 'least-likely'.")
         if self.alpha is not None:
             put(self, "alpha", parse_alpha(self.alpha))
-        if not isinstance(self.download, bool):
-            raise ConfigError(f"download must be true or false, got {self.download!r}.")
+        for name in ("download", "channels_last", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got "
+                                  f"{getattr(self, name)!r}.")
+        for name in ("train_precision", "attack_precision"):
+            put(self, name, check_precision(getattr(self, name), "--" + name.replace("_", "-")))
         for name in ("device", "data_root", "results"):
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "device")):

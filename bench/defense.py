@@ -119,6 +119,8 @@ class FitContext:
         seed: training seed.
         key: what identifies the classifier(s) and data; part of every weight-cache key.
         fit_images: training images a recipe uses (None: the dataset's ``fit_images``).
+        precision: ``fp32``, ``tf32`` or ``bf16`` (``--train-precision``): ``fit`` runs inside
+            :func:`bench.accel.precision_scope` at it (named in ``key`` when not fp32).
     """
 
     dataset: BenchDataset
@@ -129,6 +131,7 @@ class FitContext:
     seed: int = 0
     key: dict[str, Any] = field(default_factory=dict)
     fit_images: int | None = None
+    precision: str = "fp32"
 
     @property
     def info(self) -> DatasetInfo:
@@ -251,8 +254,13 @@ def fit_or_load(defense: Defense, ctx: FitContext, retrain: bool = False) -> dic
              ctx.cache.root)
     torch.manual_seed(ctx.seed)
     defense.to(ctx.device)
-    meta = defense.fit(ctx) or {}
+    from bench.accel import precision_scope
+
+    with precision_scope(ctx.device, ctx.precision, training=True):  # bf16 or TF32 if asked
+        meta = defense.fit(ctx) or {}
     defense.eval()
+    if ctx.precision != "fp32":
+        meta["precision"] = ctx.precision
     meta["weights_hash"] = stable_hash(key)
     ctx.cache.save_module(defense, "defenses", prefix, key, meta)
     return meta

@@ -55,6 +55,10 @@ class LocalExecutor:
 
     name = "local"
 
+    def batch_size(self, runner: Runner, session: Any, defenses: list[str]) -> dict[str, Any]:
+        """``--batch-size auto`` for ``session``'s grid of ``defenses``, probed here."""
+        return session.resolve_batch_size(defenses)
+
     def run(self, runner: Runner, groups: list[Group]) -> Iterator[CellResult]:
         for g in groups:
             yield from runner.evaluate(g.session, g.defense, g.cells)
@@ -119,18 +123,31 @@ def _worker_runner(cfg: RunConfig, cache_root: str, threads: int,
     return Runner(cfg, store=None, cache=Cache(cache_root))  # type: ignore[arg-type]
 
 
-def _session(runner: Runner, dataset: str, model: str) -> Any:
+def _session(runner: Runner, dataset: str, model: str, batches: dict[str, Any]) -> Any:
+    """The task's session; ``batches``: each session's ``--batch-size auto`` as the driver
+    resolved it (by ``dataset/model``), so that a worker plans the driver's cells."""
     from bench.session import Session
 
-    return Session.for_config(runner.cfg, dataset, model, cache=runner.cache)
+    return Session.for_config(runner.cfg, dataset, model, cache=runner.cache,
+                              batch_auto=batches.get(f"{dataset}/{model}"))
+
+
+def probe_batch(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
+                batches: dict[str, Any], dataset: str, model: str,
+                defenses: list[str]) -> dict[str, Any]:
+    """Task: ``--batch-size auto`` of a session, probed on a worker (a GPU one when the cluster
+    has GPUs: the hardware the cells run on, not the driver's)."""
+    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model, batches)
+    return s.resolve_batch_size(defenses)
 
 
 def prepare_models(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
-                   dataset: str, model: str, others: list[str], source: bool) -> float:
+                   batches: dict[str, Any], dataset: str, model: str, others: list[str],
+                   source: bool) -> float:
     """Task: train (or load) the session's classifier, the models in ``others`` and, with
     ``source``, the transfer source, into the shared cache; return the wall time."""
     t0 = time.perf_counter()
-    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model)
+    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model, batches)
     s.classifier  # noqa: B018 - trains and caches
     for m in others:
         s.model_named(m)
@@ -140,26 +157,26 @@ def prepare_models(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[
 
 
 def prepare_set(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
-                dataset: str, model: str, attack: str, eps: float, threat: str,
-                *after: Any) -> float:
+                batches: dict[str, Any], dataset: str, model: str, attack: str, eps: float,
+                threat: str, *after: Any) -> float:
     """Task: compute one adversarial set that no defense is part of (oblivious or transfer) into
     the shared cache; return the wall time. ``after``: the preparation it waits for."""
     from bench.threat import Threat
 
     t0 = time.perf_counter()
-    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model)
+    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model, batches)
     s.shared_adversarial(s.attack(attack, eps), Threat(threat))
     return time.perf_counter() - t0
 
 
 def evaluate_group(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
-                   dataset: str, model: str, defense: str, hashes: list[str],
-                   *after: Any) -> list[CellResult]:
+                   batches: dict[str, Any], dataset: str, model: str, defense: str,
+                   hashes: list[str], *after: Any) -> list[CellResult]:
     """Task: the results of cells ``hashes`` of ``defense``, planned again here and checked to
     be the driver's (a worker with other code or data plans other cells: an error, never a
     mislabelled result)."""
     runner = _worker_runner(cfg, cache_root, threads, plugins)
-    s = _session(runner, dataset, model)
+    s = _session(runner, dataset, model, batches)
     planned = {c.hash: c for c in runner.plan(s, defense)}
     missing = [h for h in hashes if h not in planned]
     if missing:
@@ -178,19 +195,36 @@ class RayExecutor:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
 
-    def run(self, runner: Runner, groups: list[Group]) -> Iterator[CellResult]:
-        if not groups:
-            return
-        from bench.threat import Threat
-
+    def _setup(self, runner: Runner, batches: dict[str, Any]) -> tuple[Any, tuple[Any, ...],
+                                                                       dict[str, Any]]:
+        """Ray, the arguments every task starts with, and the tasks' options."""
         ray = connect(self.cfg.ray_address)
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         threads = self.cfg.ray_cpus
         # Workers resolve paths as the driver does, on every node (a shared data root and cache).
         cfg = dataclasses.replace(self.cfg, data_root=str(data_root(self.cfg.data_root)))
-        common = (cfg, str(runner.cache.root.resolve()), threads, shipped_plugins())
+        common = (cfg, str(runner.cache.root.resolve()), threads, shipped_plugins(), batches)
         opts = {"num_cpus": threads, "num_gpus": gpus, "max_retries": RAY_RETRIES,
                 "retry_exceptions": False}
+        return ray, common, opts
+
+    def batch_size(self, runner: Runner, session: Any, defenses: list[str]) -> dict[str, Any]:
+        """``--batch-size auto`` for ``session``, probed by a task on a worker like those that
+        will run its cells (one GPU when the cluster has any)."""
+        ray, common, opts = self._setup(runner, {})
+        task = ray.remote(probe_batch).options(name="bench_probe_batch", **opts)
+        return ray.get(task.remote(*common, session.info.name, session.model_name,
+                                   list(defenses)))
+
+    def run(self, runner: Runner, groups: list[Group]) -> Iterator[CellResult]:
+        if not groups:
+            return
+        from bench.threat import Threat
+
+        batches = {f"{g.session.info.name}/{g.session.model_name}": g.session.batch_auto
+                   for g in groups if g.session.batch_auto is not None}
+        ray, common, opts = self._setup(runner, batches)
+        threads, gpus = opts["num_cpus"], opts["num_gpus"]
         models_task = ray.remote(prepare_models).options(name="bench_prepare_models", **opts)
         set_task = ray.remote(prepare_set).options(name="bench_prepare_set", **opts)
         group_task = ray.remote(evaluate_group).options(name="bench_cells", **opts)

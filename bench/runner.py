@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import bench
+from bench.accel import AUTO, NondeterminismLog
 from bench.attack import Attack
 from bench.cache import Cache, stable_hash
 from bench.config import PROJECT_ROOT, RunConfig
@@ -149,6 +150,13 @@ class Runner:
         transfer = Threat.TRANSFER in threats_for(self.cfg)
         for s in out:
             s.validate(self.defenses(), self.cfg.attacks, self.cfg.eps, source=transfer)
+        if self.cfg.batch_size == AUTO:  # before any cell is planned: the size is in its hash
+            from bench.executor import executor_for
+
+            executor = executor_for(self.cfg)
+            for s in out:
+                if s.batch_auto is None:
+                    s.batch_auto = executor.batch_size(self, s, self.defenses())
         return out
 
     def run(self) -> list[str]:
@@ -238,31 +246,39 @@ class Runner:
             out["source"] = {"model": s.source_name, "key": s.pending_source.key}
         if suite:
             out["suite"] = [m.describe(attack.member(m)) for m in members]
+        if s.attack_precision != "fp32":
+            out["attack_precision"] = s.attack_precision
         return out
 
     def evaluate(self, s: Session, d_name: str, todo: list[Cell]) -> Iterator[CellResult]:
         """The results of cells ``todo`` of defense ``d_name`` in session ``s``, one by one as
         each is computed (the caller stores them)."""
         t0 = time.perf_counter()
-        defense = s.defense(d_name)
-        ident = stable_hash({"defense": s.defense_id(d_name), "slice": s.slice_id,
-                             "classifier": s.pending_target.key, "seed": self.cfg.seed,
-                             "batch_size": s.batch_size})
-        clean, _ = s.evaluate(defense, s.test[0], derive_seed("clean", ident))
+        setup_log = NondeterminismLog()
+        with setup_log.watch():
+            defense = s.defense(d_name)
+            ident = stable_hash({"defense": s.defense_id(d_name), "slice": s.slice_id,
+                                 "classifier": s.pending_target.key, "seed": self.cfg.seed,
+                                 "batch_size": s.batch_size})
+            clean, _ = s.evaluate(defense, s.test[0], derive_seed("clean", ident))
         setup = time.perf_counter() - t0
         log.info("%s/%s/%s: clean accuracy %.4f", s.info.name, s.model_name, d_name,
                  float(clean.float().mean()))
         for c in todo:
             t1 = time.perf_counter()
             extra: dict[str, Any] = {}
-            if isinstance(c.attack, AttackSuite):
-                out = evaluate_suite(s, c.attack, defense, clean, c.seed,
-                                     c.attack.eot or s.eot)
-                robust, loss = out.robust, None
-                extra["suite"] = {"members": out.members, "first_break": out.first_break}
-            else:
-                robust, loss, attacked = self._attack_cell(s, c, defense, clean)
-                extra["attacked"] = attacked
+            ops = NondeterminismLog(list(setup_log.ops))
+            with ops.watch():
+                if isinstance(c.attack, AttackSuite):
+                    out = evaluate_suite(s, c.attack, defense, clean, c.seed,
+                                         c.attack.eot or s.eot)
+                    robust, loss = out.robust, None
+                    extra["suite"] = {"members": out.members, "first_break": out.first_break}
+                else:
+                    robust, loss, attacked = self._attack_cell(s, c, defense, clean)
+                    extra["attacked"] = attacked
+            extra["execution"] = {**s.execution(),
+                                  **({"nondeterministic_ops": ops.ops} if ops.ops else {})}
             result = self._result(s, c, defense, clean, robust, loss,
                                   time.perf_counter() - t1 + setup / len(todo), extra)
             log.info("%s/%s/%s %s %s eps=%.4g: robust accuracy %.4f", s.info.name, s.model_name,

@@ -28,9 +28,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.accel import (
+    AUTO,
+    attack_step,
+    candidates,
+    configure_determinism,
+    device_name,
+    precision_scope,
+    probe_batch_size,
+    to_device,
+    to_memory_format,
+)
 from bench.attack import Attack, validate_adversarial
 from bench.cache import Cache, stable_hash
-from bench.config import stream_bytes
+from bench.config import check_precision, stream_bytes
 from bench.data import SPLITS, BenchDataset, get_dataset
 from bench.defense import (
     MODEL,
@@ -47,7 +58,7 @@ from bench.registry import ATTACKS, DEFENSES, accepted_options
 from bench.runtime import batches, check_finite, progress, rng_isolated
 from bench.stream import DiskTensor, DiskWriter, Images, on_disk, validate_stream
 from bench.suite import AttackSuite
-from bench.threat import Threat
+from bench.threat import Threat, attacked_model, eot_draws
 
 log = logging.getLogger(__name__)
 SPLIT = "test"
@@ -83,11 +94,13 @@ class Session(ModelRoles):
     def __init__(self, dataset: str | BenchDataset, model: str | None = None, *,
                  n: int | None = None, seed: int = 0, device: torch.device | None = None,
                  cache: Cache | None = None, data_root: str | None = None, download: bool = False,
-                 batch_size: int = 250, defense_opts: dict[str, Any] | None = None,
+                 batch_size: int | str = 250, defense_opts: dict[str, Any] | None = None,
                  model_opts: dict[str, Any] | None = None, fit_images: int | None = None,
                  attack_opts: dict[str, Any] | None = None, alpha: float | None = None,
                  targeted: str | None = None, source_model: str | None = None, eot: int = 20,
-                 eval_draws: int = 10) -> None:
+                 eval_draws: int = 10, train_precision: str = "fp32",
+                 attack_precision: str = "fp32", channels_last: bool = False,
+                 deterministic: bool = True, batch_auto: dict[str, Any] | None = None) -> None:
         self.dataset = (dataset if isinstance(dataset, BenchDataset)
                         else get_dataset(dataset, root=data_root, download=download))
         self.info = self.dataset.info
@@ -96,7 +109,12 @@ class Session(ModelRoles):
         self.seed = seed
         self.device = device or torch.device("cpu")
         self.cache = cache or Cache()
-        self.batch_size = batch_size
+        self.batch_request = batch_size  # an int, or "auto" (resolve_batch_size)
+        self.batch_auto = batch_auto  # the auto batch size's record, once resolved
+        self.train_precision = check_precision(train_precision, "--train-precision")
+        self.attack_precision = check_precision(attack_precision, "--attack-precision")
+        self.channels_last = bool(channels_last)
+        self.determinism = configure_determinism(self.device, deterministic)
         self.defense_opts = dict(defense_opts or {})
         self.model_opts = dict(model_opts or {})
         self.attack_opts = dict(attack_opts or {})
@@ -112,8 +130,11 @@ class Session(ModelRoles):
 
     @classmethod
     def for_config(cls, cfg: Any, dataset: str, model: str | None = None,
-                   cache: Cache | None = None) -> Session:
-        """The session of ``cfg`` (a :class:`~bench.config.RunConfig`) for one dataset and model."""
+                   cache: Cache | None = None, batch_auto: dict[str, Any] | None = None
+                   ) -> Session:
+        """The session of ``cfg`` (a :class:`~bench.config.RunConfig`) for one dataset and model
+        (``batch_auto``: its ``--batch-size auto`` already resolved elsewhere, e.g. by the Ray
+        driver)."""
         from bench.runtime import resolve_device
 
         return cls(dataset, model, n=cfg.n, seed=cfg.seed, device=resolve_device(cfg.device),
@@ -121,7 +142,10 @@ class Session(ModelRoles):
                    batch_size=cfg.batch_size, defense_opts=cfg.defense_opts,
                    model_opts=cfg.model_opts, fit_images=cfg.fit_images,
                    attack_opts=cfg.attack_opts, alpha=cfg.alpha, targeted=cfg.targeted,
-                   source_model=cfg.source_model, eot=cfg.eot, eval_draws=cfg.eval_draws)
+                   source_model=cfg.source_model, eot=cfg.eot, eval_draws=cfg.eval_draws,
+                   train_precision=cfg.train_precision, attack_precision=cfg.attack_precision,
+                   channels_last=cfg.channels_last, deterministic=cfg.deterministic,
+                   batch_auto=batch_auto)
 
     # -- checks before anything runs ----------------------------------------------------------
     def validate(self, defenses: tuple[str, ...] | list[str] = (),
@@ -225,6 +249,114 @@ class Session(ModelRoles):
             h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
         return f"{self.info.name}/{SPLIT}/{len(y)}/{h.hexdigest()[:16]}"
 
+    # -- batch size and execution -------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        """The batch size of every attack and evaluation here: ``--batch-size N``, or the one
+        ``--batch-size auto`` resolved to (:meth:`resolve_batch_size`; over the classifier
+        alone when nothing resolved it for a grid's defenses first)."""
+        if self.batch_request != AUTO:
+            return int(self.batch_request)
+        if self.batch_auto is None:
+            self.resolve_batch_size(())
+        assert self.batch_auto is not None
+        return int(self.batch_auto["chosen"])
+
+    def batch_key(self, defenses: list[str] | tuple[str, ...]) -> dict[str, Any]:
+        """What ``--batch-size auto`` depends on: the device (by name), torch, the slice's size
+        and shape, the classifier and the whitebox pipelines of ``defenses``, the attacks'
+        precision and memory format, EOT."""
+        import torch as _torch
+
+        return {"device": device_name(self.device), "torch": _torch.__version__,
+                "dataset": self.info.name, "shape": list(self.info.input_shape),
+                "n": self.dataset.count(SPLIT, self.n), "classifier": self.pending_target.key,
+                "defenses": {d: self.defense_id(d) for d in defenses if not self.unsupported(d)},
+                "precision": self.attack_precision, "channels_last": self.channels_last,
+                "eot": self.eot, "format": 1}
+
+    def resolve_batch_size(self, defenses: list[str] | tuple[str, ...]) -> dict[str, Any]:
+        """``--batch-size auto`` for a grid of ``defenses``: the batch with the best attack
+        throughput that fits for every one of them (:func:`bench.accel.probe_batch_size`),
+        probed on this device through each whitebox pipeline (the heaviest path of a cell; the
+        defenses as constructed, not trained: the cost of a step does not depend on weight
+        values), then kept in the cache under :meth:`batch_key`, so that the next run on the
+        same device and grid uses the same size (and computes the same cells). The row records
+        the choice and the measurements (``metadata.execution.batch_size``); passing
+        ``--batch-size`` with the chosen number reproduces every cell."""
+        if self.batch_request != AUTO:
+            return {"requested": int(self.batch_request)}
+        if self.batch_auto is not None:
+            return self.batch_auto
+        key = self.batch_key(defenses)
+        path = self.cache.path("batch-size", f"{self.info.name}-{self.model_name}",
+                               key).with_suffix(".json")
+        record = None
+        if path.exists():
+            try:
+                record = json.loads(path.read_text())
+                if record.get("key") != json.loads(json.dumps(key, default=str)):
+                    record = None
+            except (OSError, ValueError):
+                record = None
+        if record is None:
+            steps = {"classifier": self._probe_step(self.classifier)}
+            for name in key["defenses"]:
+                model = self._probe_model(name)
+                if model is not None:
+                    steps[name] = self._probe_step(model)
+            sizes = candidates(key["n"], self.device)
+            found = probe_batch_size(steps, sizes, self.device)
+            record = {"requested": AUTO, **found, "chosen": min(found["chosen"], key["n"]),
+                      "key": json.loads(json.dumps(key, default=str))}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")
+            tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+            tmp.replace(path)
+            log.info("--batch-size auto on %s: %d (%.0f images/s per attack step; cached in "
+                     "%s)", key["device"], record["chosen"], record["images_per_s"], path)
+        self.batch_auto = record
+        return record
+
+    def _probe_step(self, model: nn.Module) -> Any:
+        to_memory_format(model, self.channels_last)
+        return attack_step(model, self.info.input_shape, self.info.num_classes, self.device,
+                           self.attack_precision, self.channels_last)
+
+    def _probe_model(self, name: str) -> nn.Module | None:
+        """The whitebox attacked model of defense ``name`` for the batch-size probe: the defense
+        as constructed (a composite with its parts as constructed), or fitted when it cannot
+        run unfitted; None for the baseline (the classifier's own step)."""
+        d = self._construct(name)
+        if d.identity:
+            return None
+        parts = self.parts(name)
+        try:
+            if parts.defenses or parts.models:
+                d.compose([self._construct(p).to(self.device).eval() for p in parts.defenses],
+                          [self.model_named(m).eval() for m in parts.models])
+            d = d.to(self.device).eval()
+            with rng_isolated(self.device), torch.no_grad():
+                d(self.test[0][:1].to(self.device))
+        except (BenchError, RuntimeError, ValueError, TypeError) as exc:
+            log.info("--batch-size auto: %s probed fitted (%s)", name, exc)
+            d = self.defense(name)
+        eot = eot_draws(Threat.WHITEBOX, d, self.eot)
+        return attacked_model(Threat.WHITEBOX, self.classifier, d, None, eot)[0]
+
+    def execution(self) -> dict[str, Any]:
+        """How this session's numbers are computed on its device (each row's
+        ``metadata.execution``): the device by name, memory format, pinned copies, the
+        determinism settings, precisions and how the batch size was chosen."""
+        auto = self.batch_auto if self.batch_request == AUTO else None
+        return {"device": device_name(self.device), "channels_last": self.channels_last,
+                "pinned_copies": self.device.type == "cuda", **self.determinism,
+                "train_precision": self.train_precision,
+                "attack_precision": self.attack_precision, "evaluation_precision": "fp32",
+                "batch_size": ({k: auto[k] for k in ("requested", "chosen", "images_per_s",
+                                                     "probe") if k in auto}
+                               if auto else {"requested": self.batch_size})}
+
     # -- defenses -----------------------------------------------------------------------------
     def unsupported(self, name: str) -> str | None:
         """Why defense ``name`` cannot run on this dataset's inputs (None when it can)."""
@@ -326,7 +458,9 @@ class Session(ModelRoles):
         return {"slice": self.slice_id, "classifier": self.pending_target.key,
                 "target": target_id, "attack": attack.name, "params": attack.describe(),
                 "norm": attack.norm, "eps": attack.eps, "seed": self.seed,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size,
+                **({"precision": self.attack_precision} if self.attack_precision != "fp32"
+                   else {})}
 
     def adversarial(self, attack: Attack, target: nn.Module, target_id: str,
                     keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -448,6 +582,7 @@ class Session(ModelRoles):
         else the session's scratch folder, with ``extra`` in its metadata)."""
         writer = DiskWriter(out or self._scratch() / f"adv-{uuid.uuid4().hex}") \
             if on_disk(x) else None
+        to_memory_format(target, self.channels_last)
         parts = []
         bar = progress(list(batches(len(x), self.batch_size)),
                        desc=f"{attack.name} eps={attack.eps:.4g}")
@@ -459,8 +594,11 @@ class Session(ModelRoles):
                 if rows is not None and not len(rows):
                     adv = xb.clone()  # nothing left to attack in this batch
                 else:
-                    adv = attack(target, xb.to(self.device), y[idx].to(self.device),
-                                 seed=seed_of(i), rows=rows).cpu()
+                    with precision_scope(self.device, self.attack_precision):
+                        adv = attack(target, to_device(xb, self.device, self.channels_last),
+                                     to_device(y[idx], self.device), seed=seed_of(i),
+                                     rows=rows)
+                    adv = adv.float().contiguous().cpu()
                 if writer is None:
                     parts.append(adv)
                 else:
@@ -499,10 +637,12 @@ class Session(ModelRoles):
         rows = torch.arange(len(y)) if index is None else index
         classifier = self.classifier.eval()  # loaded (or trained) outside no_grad
         defense.eval()
+        to_memory_format(classifier, self.channels_last)
+        to_memory_format(defense, self.channels_last)
         correct, losses = [], []
-        with rng_isolated(self.device), torch.no_grad():
+        with rng_isolated(self.device), torch.no_grad(), precision_scope(self.device, "fp32"):
             for i, idx in enumerate(batches(len(x_in), self.batch_size)):
-                xb, where = x_in[idx].to(self.device), rows[idx]
+                xb, where = to_device(x_in[idx], self.device, self.channels_last), rows[idx]
                 ok = torch.ones(len(where), dtype=torch.bool)
                 for r in range(self.draws(defense)):
                     torch.manual_seed(derive_seed(seed, i, r) if r else derive_seed(seed, i))
@@ -515,7 +655,7 @@ class Session(ModelRoles):
                         logits = classifier(x_hat)
                         if denoising_loss and r == 0:
                             losses.append(defense.denoising_loss(
-                                x_hat, x_clean[where].to(self.device)).float().cpu())
+                                x_hat, to_device(x_clean[where], self.device)).float().cpu())
                     check_finite(logits, "the evaluated model")
                     ok &= logits.argmax(1).cpu() == y[where]
                 correct.append(ok)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from bench.accel import precision_scope
 from bench.cache import Cache, stable_hash, tensors_digest
 from bench.data import BenchDataset
 from bench.errors import CheckpointError, ConfigError
@@ -127,7 +128,9 @@ class PendingClassifier:
             # Training seeds itself; isolating it keeps the caller's random stream the same whether
             # this model came from the cache or was trained just now (a cold and a warm cache must
             # give the same defense weights under the same cache key).
-            with rng_isolated(self.device):
+            # Strict fp32 whatever scope the caller runs in (a defense's bf16 fit that makes its
+            # surrogates on first use): the weight key names no precision.
+            with rng_isolated(self.device), precision_scope(self.device, "fp32"):
                 self._loaded, self._built = self._load(), None
         return self._loaded
 

@@ -203,8 +203,10 @@ class ModelRoles:
         """What defense ``name``'s weights are trained against: dataset, classifier and
         surrogates (their weight keys; nothing is trained to know them)."""
         main, others = self._fit_models(name)
+        precision = getattr(self, "train_precision", "fp32")  # named only when not fp32
         return {"dataset": self.info.name, "classifier": main.key,
-                "surrogates": [p.key for p in others]}
+                "surrogates": [p.key for p in others],
+                **({"precision": precision} if precision != "fp32" else {})}
 
     def fit_context(self, name: str | None = None) -> FitContext:
         """What defense ``name``'s ``fit`` gets. The surrogates are made at first use: only the
@@ -214,4 +216,5 @@ class ModelRoles:
         main, others = self._fit_models(name)
         surrogates = LazyModels(lambda: [p.load().model for p in others])
         return FitContext(self.dataset, main.load().model, surrogates, self.device, self.cache,
-                          self.seed, self.fit_key(name), self.fit_images)
+                          self.seed, self.fit_key(name), self.fit_images,
+                          getattr(self, "train_precision", "fp32"))

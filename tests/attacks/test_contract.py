@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.accel import precision_scope
 from bench.attack import TARGET_MODES, Attack
 from bench.errors import ConfigError
 from bench.registry import ATTACKS
@@ -73,6 +74,19 @@ def test_contract(name: str, tiny_net: nn.Module, data: tuple[torch.Tensor, torc
     for p in tiny_net.parameters():
         assert p.requires_grad and p.grad is None
     assert torch.equal(attack(tiny_net, x, y), x_adv), "not deterministic under one seed"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_contract_under_bf16_autocast(name: str, tiny_net: nn.Module,
+                                      data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """``--attack-precision bf16``: the attack runs under autocast, and what it returns still
+    meets the contract in float32 (the session casts and validates it as any other set)."""
+    x, y = data
+    with precision_scope(torch.device("cpu"), "bf16"):
+        x_adv = build(name)(tiny_net, x, y).float()
+    assert x_adv.shape == x.shape and torch.isfinite(x_adv).all()
+    assert (x_adv - x).abs().max() <= EPS + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
 
 
 @pytest.mark.parametrize("name", NAMES)

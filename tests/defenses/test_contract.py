@@ -8,6 +8,7 @@ attacking the undefended classifier under ``whitebox`` fails fast tests, not onl
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.accel import precision_scope, to_memory_format
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.data import Digits
@@ -127,6 +129,30 @@ def test_whitebox_gradient_exists_and_forward_unchanged(
     out.float().sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
     assert xg.grad.abs().sum() > 0, "no gradient reaches the input under the whitebox threat"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_runs_channels_last_and_under_bf16_autocast(
+        name: str, fitted: dict[str, Defense], batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The GPU paths every defense meets: channels-last weights and inputs give the same output
+    (``--channels-last``), and a bf16 attack differentiates it (``--attack-precision bf16``)."""
+    if name not in fitted:
+        pytest.skip(f"{name} does not support {SHAPE}")
+    d, (x, _) = fitted[name], batch
+    cl = to_memory_format(copy.deepcopy(d), True)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        plain = d(x)
+        torch.manual_seed(1)
+        out = cl(x.contiguous(memory_format=torch.channels_last))
+    if not d.randomized:
+        assert torch.allclose(out, plain, atol=1e-4), "channels-last changed the output"
+    xg = x.clone().requires_grad_(True)
+    with precision_scope(torch.device("cpu"), "bf16"):
+        adv = d.attack_forward(xg)
+    adv.float().sum().backward()
+    assert xg.grad is not None and xg.grad.dtype == torch.float32
+    assert torch.isfinite(xg.grad).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
