@@ -162,7 +162,8 @@ def test_a_bf16_fit_trains_as_well_as_fp32(tmp_path: Path) -> None:
     block with its weight cast cache on scored 6% clean instead of 94%)."""
     clean = {}
     for p in ("fp32", "bf16"):
-        s = Session("digits", n=200, cache=Cache(tmp_path / "cache"), train_precision=p)
+        s = Session("digits", n=200, cache=Cache(tmp_path / "cache"), train_precision=p,
+                    fit_images=400)
         ok, _ = s.evaluate(s.defense(TRAINED), s.test[0], seed=0)
         clean[p] = float(ok.float().mean())
         assert s.fit_meta(TRAINED).get("precision") == (None if p == "fp32" else p)
