@@ -7,7 +7,8 @@ local instance or a cluster (``--ray-address ADDR`` or ``$RAY_ADDRESS``):
 * **Preparation tasks** first, per (dataset, model) session: one trains (or loads) the classifier
   and every other model the grid needs (the transfer source, the guides and parts of its
   defenses); then one task per adversarial set that does not depend on a defense (oblivious sets,
-  crafted on the classifier, and transfer sets, crafted on the source) computes it once.
+  crafted on the classifier, and transfer sets, crafted on the source) computes it once, and one
+  task per trainable part of the grid's composite defenses fits it once (:func:`shared_fits`).
 * **Group tasks**, one per (dataset, model, defense): fit the defense (or load its weights) and
   evaluate its cells, reading the shared sets back. They wait for their session's preparation.
 * **Sharing** goes through the shared cache directory (``$BENCH_CACHE_DIR``, on a filesystem every
@@ -156,6 +157,28 @@ def prepare_models(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[
     return time.perf_counter() - t0
 
 
+def shared_fits(session: Any, defenses: list[str]) -> list[str]:
+    """The trainable parts of the composite defenses among ``defenses`` (canonical ``NAME`` or
+    ``NAME@MODEL``, each once): fitted by one task before the groups that use them, which would
+    otherwise each fit them (an ensemble's LGDs, and the grid's own ``lgd`` group)."""
+    out: list[str] = []
+    for name in defenses:
+        for part in session.parts(name).defenses:
+            if part not in out and session.built(part).needs_training:
+                out.append(part)
+    return out
+
+
+def prepare_defense(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
+                    batches: dict[str, Any], dataset: str, model: str, defense: str,
+                    *after: Any) -> float:
+    """Task: fit (or load) defense ``defense`` into the shared cache; return the wall time."""
+    t0 = time.perf_counter()
+    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model, batches)
+    s.defense(defense)
+    return time.perf_counter() - t0
+
+
 def prepare_set(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
                 batches: dict[str, Any], dataset: str, model: str, attack: str, eps: float,
                 threat: str, *after: Any) -> float:
@@ -227,6 +250,7 @@ class RayExecutor:
         threads, gpus = opts["num_cpus"], opts["num_gpus"]
         models_task = ray.remote(prepare_models).options(name="bench_prepare_models", **opts)
         set_task = ray.remote(prepare_set).options(name="bench_prepare_set", **opts)
+        fit_task = ray.remote(prepare_defense).options(name="bench_prepare_defense", **opts)
         group_task = ray.remote(evaluate_group).options(name="bench_cells", **opts)
 
         sessions: dict[tuple[str, str], list[Group]] = {}
@@ -243,9 +267,13 @@ class RayExecutor:
             ready = models_task.remote(*common, ds, model, others, source)
             sets = [set_task.remote(*common, ds, model, a, e, t, ready)
                     for a, e, t in sorted(shared)]
+            fits = {p: fit_task.remote(*common, ds, model, p, ready)
+                    for p in shared_fits(s, [g.defense for g in gs])}
             for g in gs:
+                needs = [fits[p] for p in dict.fromkeys([*s.parts(g.defense).defenses,
+                                                         g.defense]) if p in fits]
                 ref = group_task.remote(*common, ds, model, g.defense,
-                                        [c.hash for c in g.cells], ready, *sets)
+                                        [c.hash for c in g.cells], ready, *sets, *needs)
                 pending[ref] = g
         log.info("ray: %d groups in %d sessions on %s (%d CPU per task%s)", len(pending),
                  len(sessions), getattr(ray.get_runtime_context(), "gcs_address", "ray"),

@@ -23,6 +23,7 @@ from bench.errors import ConfigError
 from bench.executor import LocalExecutor, executor_for, import_ray, shipped_plugins
 from bench.runner import Runner
 from bench.store import Store
+from tests.bench import composite_defense
 from tests.bench.randomized_defense import NAME as NOISY
 from tests.bench.randomized_defense import register
 
@@ -33,8 +34,10 @@ TIMING_KEYS = ("seconds", "wall")
 
 def grid(executor: str = "local") -> RunConfig:
     """A grid with a trained defense (dae: its classifier, surrogate and HGD training set), a
-    randomized one (a plugin registered by this process, not a built-in) and a plain one."""
-    return RunConfig(datasets=("digits",), defenses=("bitdepth", "dae", NOISY),
+    randomized one and a composite of the trained one (plugins registered by this process, not
+    built-ins: the composite's part is fitted once, by its own Ray task) and a plain one."""
+    return RunConfig(datasets=("digits",),
+                     defenses=("bitdepth", "dae", NOISY, composite_defense.NAME),
                      attacks=("fgsm", "pgd10"), n=60, model_opts={"epochs": 1},
                      defense_opts={"dae.epochs": 1}, eval_draws=3, executor=executor,
                      ray_cpus=1)
@@ -71,6 +74,7 @@ def run(cfg: RunConfig, db: Path, cache: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def noisy() -> Iterator[str]:
+    composite_defense.register()
     yield register()
 
 
@@ -149,7 +153,7 @@ def test_ray_store_equals_local_cell_by_cell(tmp_path: Path, local_store: tuple[
     got = run(grid("ray"), tmp_path / "ray.sqlite", tmp_path / "cache")
     assert got == hashes
     want, have = cells(db), cells(tmp_path / "ray.sqlite")
-    assert len(want) == 4 * 2 * 2  # (baseline + 3 defenses) x attacks x threats
+    assert len(want) == 5 * 2 * 2  # (baseline + 4 defenses) x attacks x threats
     assert sorted(have) == sorted(want)
     for h in want:
         assert have[h] == want[h], f"cell {h} ({want[h]['defense']} {want[h]['attack']})"
@@ -206,3 +210,18 @@ def test_killed_worker_is_retried_and_no_cell_is_lost_or_duplicated(
     assert killed, "no group task was seen running: the kill never happened"
     assert got == hashes
     assert cells(tmp_path / "ray.sqlite") == cells(db)
+
+
+def test_shared_fits_are_the_trainable_parts_of_the_grids_composites() -> None:
+    """What the Ray executor fits once before the groups that would each fit it."""
+    from bench.executor import shared_fits
+    from bench.session import Session
+
+    s = Session("digits", n=20, model_opts={"epochs": 1})
+    composite = "ensemble"  # HGD Appendix C: an LGD per classifier
+    parts = [p for p in s.parts(composite).defenses if s.built(p).needs_training]
+    assert parts, "the ensemble's LGDs train"
+    fits = shared_fits(s, [composite, "lgd", "bitdepth", "ensemble-shared"])
+    assert len(fits) == len(set(fits)) and set(parts) <= set(fits)
+    assert all(s.built(p).needs_training for p in fits)
+    assert shared_fits(s, ["lgd", "bitdepth", "none"]) == []  # no composite: nothing shared
