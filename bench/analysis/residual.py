@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,7 +170,8 @@ def plot_residual(panels: Mapping[str, tuple[torch.Tensor, torch.Tensor]], out_d
                title=f"{name}: k = {fit.k:.3f}, b = {fit.intercept:+.4f}, R² = {fit.r2:.2f}")
         ax.legend(loc="upper left", fontsize=8)
     fig.colorbar(mesh, ax=list(axes), label="pixels per bin (log scale)", shrink=0.85)
-    fig.suptitle(title)
+    # about 11 characters per inch at the default 12 pt: wrapped, a long title fits one panel
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)))
     paths = save_figure(fig, out_dir, stem)
     return [*paths, _write_fits_csv(fits, {k: v[1] for k, v in hists.items()},
                                     Path(out_dir) / f"{stem}.csv")]
