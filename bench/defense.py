@@ -137,6 +137,13 @@ class FitContext:
     def info(self) -> DatasetInfo:
         return self.dataset.info
 
+    def on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (a CPU batch) on :attr:`device`: through pinned memory with a non-blocking copy
+        on CUDA (:func:`bench.accel.to_device`), a plain ``.to`` elsewhere."""
+        from bench.accel import to_device
+
+        return to_device(t, self.device)
+
     @property
     def budget(self) -> int:
         """How many training images a defense's recipe uses here."""

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.accel import to_device
 from bench.runtime import batches, check_finite, progress
 
 
@@ -20,7 +21,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500,
     model.eval()
     out = []
     for idx in batches(len(x), batch_size):
-        logits = model(x[idx].to(device))
+        logits = model(to_device(x[idx], device))
         out.append(check_finite(logits, type(model).__name__).argmax(1).cpu())
     model.train(was)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
@@ -53,7 +54,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     for _ in range(epochs):
         total, count = 0.0, 0
         for idx in batches(len(x), batch_size, gen, shuffle=True):
-            xb, yb = x[idx].to(device), y[idx].to(device)
+            xb, yb = to_device(x[idx], device), to_device(y[idx], device)
             loss = F.cross_entropy(model(xb), yb)
             check_finite(loss, f"training {desc}")
             opt.zero_grad(set_to_none=True)

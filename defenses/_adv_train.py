@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.accel import to_device
 from bench.attack import frozen
 from bench.errors import ConfigError
 from bench.runtime import batches, check_finite, progress
@@ -173,7 +174,7 @@ def adversarial_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe
         for idx in batches(len(x), sched.batch_size, gen, shuffle=True):
             for group in opt.param_groups:
                 group["lr"] = sched.lr * lr_factor(it, total, sched)
-            xb, yb = x[idx].to(device), y[idx].to(device)
+            xb, yb = to_device(x[idx], device), to_device(y[idx], device)
             x_adv, _, clean = craft(model, xb, yb, recipe, gen, num_classes)
             loss, error = train_step(model, opt, x_adv, yb, sched.label_smoothing)
             fooled += error * len(idx) / len(x)

@@ -166,7 +166,7 @@ class GCLN(Defense):
         atk = ATTACKS.build(p["attack"], eps=p["eps"], alpha=p["alpha"], steps=p["steps"],
                             seed=ctx.seed)
         x, y = ctx.train_tensors()
-        adv = [atk(ctx.classifier, x[i].to(ctx.device), y[i].to(ctx.device),
+        adv = [atk(ctx.classifier, ctx.on_device(x[i]), ctx.on_device(y[i]),
                    seed=ctx.seed * 100003 + k).cpu()
                for k, i in enumerate(progress(list(batches(len(x), 500)), desc="GCLN PGD set"))]
         return {"x": x, "x_adv": torch.cat(adv), "y": y}

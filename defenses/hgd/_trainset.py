@@ -84,7 +84,7 @@ def make_training_set(ctx: FitContext, batch_size: int = 500) -> dict[str, torch
     eps = [sample_eps(len(x), ctx.info.eps_max, gen) for _ in RECIPE]
     x_adv = torch.empty((n * len(x), *x.shape[1:]), dtype=x.dtype)  # filled in place: no 2x peak
     for idx in progress(list(batches(len(x), batch_size)), desc="HGD training set"):
-        xb, yb = x[idx].to(ctx.device), y[idx].to(ctx.device)
+        xb, yb = ctx.on_device(x[idx]), ctx.on_device(y[idx])
         first = {name: _grad_sign(m, xb, yb) for name, m in models.items()}
         for a, (which, steps) in enumerate(RECIPE):
             x_adv[a * len(x) + idx] = ifgsm(models[which], xb, yb, eps[a][idx], steps,

@@ -212,8 +212,8 @@ class HGD(Defense):
     def _batch_loss(self, ctx: FitContext, data: dict[str, torch.Tensor],
                     idx: torch.Tensor) -> torch.Tensor:
         src = data["src"][idx]
-        x_adv, x = data["x_adv"][idx].to(ctx.device), data["x"][src].to(ctx.device)
-        y = data["y"][src].to(ctx.device)
+        x_adv, x = ctx.on_device(data["x_adv"][idx]), ctx.on_device(data["x"][src])
+        y = ctx.on_device(data["y"][src])
         return self.guided_loss(ctx.classifier, self(x_adv), x, y)
 
     @torch.no_grad()

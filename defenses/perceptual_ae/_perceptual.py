@@ -114,8 +114,8 @@ def adversarial_set(ctx: FitContext, n: int, eps: float, attacks: Sequence[str],
         with frozen(ctx.classifier):
             for name in attacks:
                 for i, idx in enumerate(progress(list(batches(n, 500)), desc=f"{name} set")):
-                    adv.append(made[name](ctx.classifier, x[idx].to(ctx.device),
-                                          y[idx].to(ctx.device), seed=ctx.seed * 1009 + i).cpu())
+                    adv.append(made[name](ctx.classifier, ctx.on_device(x[idx]),
+                                          ctx.on_device(y[idx]), seed=ctx.seed * 1009 + i).cpu())
         return {"x": x, "x_adv": torch.cat(adv)}
 
     return ctx.cache.memo_tensors("perceptual-ae-sets", f"{ctx.info.name}-adv", key, make)

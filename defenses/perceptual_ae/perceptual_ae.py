@@ -168,7 +168,7 @@ class PerceptualAE(Defense):
         for warm in [True] * self.warmup_epochs + [False] * epochs:
             total = 0.0
             for idx in batches(len(x_adv), self.batch_size, gen, shuffle=True):
-                xd, x = self.ae(x_adv[idx].to(ctx.device)), x_clean[idx % n].to(ctx.device)
+                xd, x = self.ae(ctx.on_device(x_adv[idx])), ctx.on_device(x_clean[idx % n])
                 if warm:  # the pixel term of Eq. 4 alone
                     loss = (xd - x).pow(2).flatten(1).mean(1)
                 else:
