@@ -144,18 +144,24 @@ def configure_determinism(device: torch.device, deterministic: bool = True) -> d
 
 
 _NONDETERMINISTIC = re.compile(r"^(\S+) does not have a deterministic implementation")
+_PASSED_ON: dict[Any, Any] = {}  # warnings' "once per location" registry for those passed on
 
 
 @dataclass
 class NondeterminismLog:
     """A context that records the operations torch reports as lacking a deterministic
     implementation (``warn_only`` mode), so that a row says which of its numbers may not repeat
-    bit for bit; every other warning is passed on unchanged."""
+    bit for bit; every other warning is passed on (shown once per location, as usual).
+    Inactive (``active=False``: where torch's deterministic mode is off), it does nothing."""
 
     ops: list[str] = field(default_factory=list)
+    active: bool = True
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
+        if not self.active:
+            yield
+            return
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
@@ -165,7 +171,8 @@ class NondeterminismLog:
                 if m.group(1) not in self.ops:
                     self.ops.append(m.group(1))
             else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                       registry=_PASSED_ON)
 
 
 def device_name(device: torch.device) -> str:

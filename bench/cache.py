@@ -190,6 +190,24 @@ class Cache:
         self.save_tensors(tensors, kind, name, key)
         return tensors
 
+    def memo_json(self, kind: str, name: str, key: dict[str, Any],
+                  make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """A small JSON record for ``key`` (e.g. a measured batch size): read back when the key
+        it stores is ``key``, else made by ``make``, stored with its key (atomically) and
+        returned. An unreadable file is made again."""
+        path = self.path(kind, name, key).with_suffix(".json")
+        stored = json.loads(json.dumps(key, default=str))  # as the file holds it
+        try:
+            hit = json.loads(path.read_text())
+            if isinstance(hit, dict) and hit.get("key") == stored:
+                return hit
+        except (OSError, ValueError):
+            pass
+        record = {**make(), "key": stored}
+        _atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=1,
+                                                               sort_keys=True)))
+        return record
+
     # -- helpers ------------------------------------------------------------------------------
     def _read_tensors(self, path: Path) -> dict[str, torch.Tensor]:
         try:

@@ -254,7 +254,8 @@ class Runner:
         """The results of cells ``todo`` of defense ``d_name`` in session ``s``, one by one as
         each is computed (the caller stores them)."""
         t0 = time.perf_counter()
-        setup_log = NondeterminismLog()
+        setup_log = NondeterminismLog(active=s.device.type == "cuda" and
+                                      bool(s.determinism["deterministic"]))
         with setup_log.watch():
             defense = s.defense(d_name)
             ident = stable_hash({"defense": s.defense_id(d_name), "slice": s.slice_id,
@@ -267,7 +268,7 @@ class Runner:
         for c in todo:
             t1 = time.perf_counter()
             extra: dict[str, Any] = {}
-            ops = NondeterminismLog(list(setup_log.ops))
+            ops = NondeterminismLog(list(setup_log.ops), setup_log.active)
             with ops.watch():
                 if isinstance(c.attack, AttackSuite):
                     out = evaluate_suite(s, c.attack, defense, clean, c.seed,

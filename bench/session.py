@@ -266,9 +266,7 @@ class Session(ModelRoles):
         """What ``--batch-size auto`` depends on: the device (by name), torch, the slice's size
         and shape, the classifier and the whitebox pipelines of ``defenses``, the attacks'
         precision and memory format, EOT."""
-        import torch as _torch
-
-        return {"device": device_name(self.device), "torch": _torch.__version__,
+        return {"device": device_name(self.device), "torch": torch.__version__,
                 "dataset": self.info.name, "shape": list(self.info.input_shape),
                 "n": self.dataset.count(SPLIT, self.n), "classifier": self.pending_target.key,
                 "defenses": {d: self.defense_id(d) for d in defenses if not self.unsupported(d)},
@@ -289,34 +287,21 @@ class Session(ModelRoles):
         if self.batch_auto is not None:
             return self.batch_auto
         key = self.batch_key(defenses)
-        path = self.cache.path("batch-size", f"{self.info.name}-{self.model_name}",
-                               key).with_suffix(".json")
-        record = None
-        if path.exists():
-            try:
-                record = json.loads(path.read_text())
-                if record.get("key") != json.loads(json.dumps(key, default=str)):
-                    record = None
-            except (OSError, ValueError):
-                record = None
-        if record is None:
+
+        def probe() -> dict[str, Any]:
             steps = {"classifier": self._probe_step(self.classifier)}
             for name in key["defenses"]:
                 model = self._probe_model(name)
                 if model is not None:
                     steps[name] = self._probe_step(model)
-            sizes = candidates(key["n"], self.device)
-            found = probe_batch_size(steps, sizes, self.device)
-            record = {"requested": AUTO, **found, "chosen": min(found["chosen"], key["n"]),
-                      "key": json.loads(json.dumps(key, default=str))}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")
-            tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-            tmp.replace(path)
-            log.info("--batch-size auto on %s: %d (%.0f images/s per attack step; cached in "
-                     "%s)", key["device"], record["chosen"], record["images_per_s"], path)
-        self.batch_auto = record
-        return record
+            found = probe_batch_size(steps, candidates(key["n"], self.device), self.device)
+            log.info("--batch-size auto on %s: %d (%.0f images/s per attack step)",
+                     key["device"], found["chosen"], found["images_per_s"])
+            return {"requested": AUTO, **found, "chosen": min(found["chosen"], key["n"])}
+
+        self.batch_auto = self.cache.memo_json(
+            "batch-size", f"{self.info.name}-{self.model_name}", key, probe)
+        return self.batch_auto
 
     def _probe_step(self, model: nn.Module) -> Any:
         to_memory_format(model, self.channels_last)

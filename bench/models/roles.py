@@ -34,6 +34,7 @@ class ModelRoles:
     device: Any
     seed: int
     fit_images: int | None
+    train_precision: str  # --train-precision: named in a defense's fit key when not fp32
     built: Any  # Session.built / Session.unsupported
     unsupported: Any
 
@@ -203,10 +204,10 @@ class ModelRoles:
         """What defense ``name``'s weights are trained against: dataset, classifier and
         surrogates (their weight keys; nothing is trained to know them)."""
         main, others = self._fit_models(name)
-        precision = getattr(self, "train_precision", "fp32")  # named only when not fp32
         return {"dataset": self.info.name, "classifier": main.key,
                 "surrogates": [p.key for p in others],
-                **({"precision": precision} if precision != "fp32" else {})}
+                **({"precision": self.train_precision} if self.train_precision != "fp32"
+                   else {})}
 
     def fit_context(self, name: str | None = None) -> FitContext:
         """What defense ``name``'s ``fit`` gets. The surrogates are made at first use: only the
@@ -217,4 +218,4 @@ class ModelRoles:
         surrogates = LazyModels(lambda: [p.load().model for p in others])
         return FitContext(self.dataset, main.load().model, surrogates, self.device, self.cache,
                           self.seed, self.fit_key(name), self.fit_images,
-                          getattr(self, "train_precision", "fp32"))
+                          self.train_precision)

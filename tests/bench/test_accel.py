@@ -177,6 +177,30 @@ def test_determinism_changes_nothing_on_cpu() -> None:
     assert torch.are_deterministic_algorithms_enabled() == before
 
 
+def test_determinism_on_cuda_sets_cudnn_cublas_and_torch_and_strict_fp32(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch sets process-wide flags only (no CUDA call), so it runs here; every flag
+    is put back afterwards."""
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), accel._tf32())
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        cudnn.benchmark = True
+        got = accel.configure_determinism(torch.device("cuda"), True)
+        assert got == {"deterministic": True, "cublas_workspace": accel.CUBLAS_WORKSPACE}
+        assert not cudnn.benchmark and cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # recorded, not raised
+        assert accel._tf32() in (("ieee", "ieee"), ("False", "False"))
+        accel.configure_determinism(torch.device("cuda"), False)
+        assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        accel._restore_tf32(saved[4])
+
+
 def test_the_nondeterminism_log_records_torch_warnings_and_passes_others_on() -> None:
     log = NondeterminismLog()
     with warnings.catch_warnings(record=True) as outer:
@@ -188,6 +212,11 @@ def test_the_nondeterminism_log_records_torch_warnings_and_passes_others_on() ->
             warnings.warn("something else", UserWarning, stacklevel=1)
     assert log.ops == ["index_add_cuda_"]
     assert [str(w.message) for w in outer] == ["something else"]
+    off = NondeterminismLog(active=False)  # deterministic mode off: torch's warnings as they are
+    with pytest.warns(UserWarning, match="deterministic"), off.watch():
+        warnings.warn("x does not have a deterministic implementation", UserWarning,
+                      stacklevel=1)
+    assert off.ops == []
 
 
 # -- --batch-size auto -------------------------------------------------------------------------

@@ -261,3 +261,20 @@ def test_memo_validates_what_it_reads_back(tmp_path: Path) -> None:
     with pytest.raises(AttackValidationError):  # what make() returns is validated too
         cache.memo_tensors("sets", "other", KEY, lambda: bad, _reject_negative)
     assert not cache.path("sets", "other", KEY).exists()
+
+
+def test_memo_json_is_made_once_per_key_and_again_when_unreadable(tmp_path: Path) -> None:
+    cache, made = Cache(tmp_path), []
+
+    def make() -> dict[str, int]:
+        made.append(1)
+        return {"chosen": len(made)}
+
+    first = cache.memo_json("batch-size", "digits-cnn", {"device": "a"}, make)
+    assert first == {"chosen": 1, "key": {"device": "a"}}
+    assert cache.memo_json("batch-size", "digits-cnn", {"device": "a"}, make) == first
+    assert cache.memo_json("batch-size", "digits-cnn", {"device": "b"}, make)["chosen"] == 2
+    path = cache.path("batch-size", "digits-cnn", {"device": "a"}).with_suffix(".json")
+    path.write_text("{not json")
+    assert cache.memo_json("batch-size", "digits-cnn", {"device": "a"}, make)["chosen"] == 3
+    assert json.loads(path.read_text())["chosen"] == 3
