@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bench.errors import AttackValidationError, ConfigError
+from bench.registry import registered_name, registered_params
 from bench.runtime import rng_isolated
 
 TOLERANCE = 1e-6
@@ -106,11 +107,11 @@ class Attack(ABC):
 
     @property
     def name(self) -> str:
-        return getattr(self, "registry_name", type(self).__name__.lower())
+        return registered_name(self)
 
     def describe(self) -> dict[str, Any]:
         """The resolved parameters recorded in the result row."""
-        params = {k: v for k, v in getattr(self, "params", {}).items() if k != "eps"}
+        params = {k: v for k, v in registered_params(self).items() if k != "eps"}
         return {**params, "alpha": self.step_size(), "targeted": self.targeted}
 
     def step_size(self) -> float | None:

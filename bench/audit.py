@@ -28,11 +28,13 @@ from torch import nn
 
 from bench.config import RunConfig, format_eps
 from bench.errors import ConfigError
+from bench.executors import run_grid
+from bench.plan import Planner
 from bench.registry import ATTACKS
 from bench.report.flags import LEGEND, UNBOUNDED, findings, undecided
 from bench.report.identity import identify
-from bench.runner import Runner
-from bench.session import Session, derive_seed
+from bench.seeds import derive_seed
+from bench.session import Session
 from bench.store import Store, row_id
 from bench.threat import Threat, attacked_model, eot_draws
 
@@ -131,9 +133,9 @@ def run_audit(cfg: RunConfig, store: Store, eps: float | None = None, steps: int
     eps = session.info.default_eps if eps is None else eps
     hashes: list[str] = []
     for plan in plans(cfg, eps, steps, n_queries):
-        hashes += Runner(plan, store).run()
+        hashes += run_grid(plan, store)
     frame = store.frame(hashes)
-    for name in Runner(cfg, store).defenses():  # the undefended baseline too
+    for name in Planner(cfg).defenses():  # the undefended baseline too
         rows = frame[frame["defense"] == name]
         if not len(rows):
             continue

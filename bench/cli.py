@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _grid(p: argparse.ArgumentParser) -> None:
-    """The options of a grid of cells run through the Runner (``run``, ``plot sweep``)."""
+    """The options of a grid of cells run through an executor (``run``, ``plot sweep``)."""
     p.add_argument("--defense", default=None, help="comma list of defenses (default: none)")
     p.add_argument("--attack", default=None, help="comma list of attacks (required)")
     p.add_argument("--threat", default=None,
@@ -276,14 +276,14 @@ def _from_config_file(args: argparse.Namespace, message: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.executors import run_grid
     from bench.report import render
-    from bench.runner import Runner
+    from bench.session import baseline_name
 
     cfg = _run_config(args)
     store = open_store(results_path(cfg.results))
-    runner = Runner(cfg, store)
-    hashes = runner.run()
-    print(render(store.frame(hashes), "md", baseline=runner.defenses()[0]))
+    hashes = run_grid(cfg, store)
+    print(render(store.frame(hashes), "md", baseline=baseline_name()))
     log.info("results stored in %s", store.path)
     return 0
 

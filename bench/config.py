@@ -266,7 +266,7 @@ class RunConfig:
     channels_last: bool = False
     deterministic: bool = True
     # How the grid runs, never what it computes (no cell's configuration or hash holds these):
-    # ``local`` (one cell after another in this process) or ``ray`` (see bench.executor).
+    # ``local`` (one cell after another in this process) or ``ray`` (see bench.executors).
     executor: str = "local"
     ray_address: str | None = None
     ray_cpus: int = 1

@@ -9,7 +9,9 @@ A defense declares whether it is ``differentiable`` (when not, :meth:`Defense.at
 gives the attacker a BPDA approximation while leaving the forward result unchanged), whether it
 is ``randomized``, which inputs it ``supports``, and whether it ``needs_training``. Trainable
 defenses implement :meth:`Defense.fit` with their paper's recipe; the harness caches the weights
-by a hash of everything that determined them (:func:`fit_or_load`).
+by a hash of everything that determined them (:func:`fit_or_load`). :meth:`Defense.training_loss`
+measures what ``fit`` minimizes, so that the contract kit (:mod:`bench.testing`) can check that
+``fit`` really trains.
 
 A composite defense (an ensemble, HGD's Appendix C) names the registered defenses and the
 classifiers it is made of in :meth:`Defense.parts`; the harness fits or loads each part as it
@@ -30,6 +32,7 @@ from torch import nn
 from bench.cache import Cache, stable_hash
 from bench.data import BenchDataset, DatasetInfo, gather
 from bench.errors import ConfigError, PluginContractError
+from bench.registry import recorded_class, registered_name
 
 log = logging.getLogger(__name__)
 PREPROCESSOR = "preprocessor"
@@ -223,13 +226,34 @@ class Defense(nn.Module):
         """Per-image mean L1 distance between denoised ``x_hat`` and clean ``x`` (HGD Table 2)."""
         return (x_hat - x).abs().flatten(1).mean(1)
 
+    @torch.no_grad()
+    def training_loss(self, ctx: FitContext) -> float:
+        """The objective :meth:`fit` lowers, measured on the data it trains on (lower is better;
+        no gradient; in the module's current mode). The contract kit measures it before and
+        after ``fit`` and fails a trainable defense whose ``fit`` does not lower it
+        (``python -m bench check NAME``).
+
+        The default, over ``ctx.train_tensors()``: a ``model`` defense's cross-entropy; a
+        preprocessor's mean :meth:`denoising_loss` of its output on the clean images. Override
+        it where ``fit`` minimizes something else (a loss on attacked images, through the
+        classifier, or a GAN's generator loss)."""
+        x, y = ctx.train_tensors()
+        total = 0.0
+        for start in range(0, len(x), 256):
+            xb, yb = ctx.on_device(x[start:start + 256]), ctx.on_device(y[start:start + 256])
+            out = self(xb)
+            loss = (nn.functional.cross_entropy(out.float(), yb, reduction="sum")
+                    if self.kind == MODEL else self.denoising_loss(out, xb).sum())
+            total += float(loss)
+        return total / max(1, len(x))
+
     def metadata(self) -> dict[str, Any]:
         """Facts recorded in every result row (e.g. what was scaled down from the paper)."""
         return {}
 
     def cache_key(self) -> dict[str, Any]:
         """What determines this defense's trained weights, besides the classifier and data."""
-        return {"class": f"{type(self).__module__}.{type(self).__qualname__}",
+        return {"class": recorded_class(type(self)),  # the pre-move path: old hashes hold
                 "params": getattr(self, "params", {}), "shape": self.input_shape}
 
 
@@ -249,7 +273,7 @@ def fit_or_load(defense: Defense, ctx: FitContext, retrain: bool = False) -> dic
     """
     if not defense.needs_training:
         return {}
-    name = getattr(defense, "registry_name", type(defense).__name__.lower())
+    name = registered_name(defense)
     key = weights_key(defense, ctx.key, ctx.seed, ctx.budget)
     prefix = f"{ctx.info.name}-{name}"
     if not retrain:

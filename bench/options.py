@@ -6,7 +6,7 @@ dropped silently: a scope that is not in the grid, or not a registered name, is 
 closest names; a bare option that no plugin of the grid takes is an error with the closest
 option; options the harness sets itself (the dataset's shape, eps, the seed) are refused with
 the flag to use instead. Values are checked against each constructor's annotations when the
-plugin is resolved (:func:`bench.registry.check_option`).
+plugin is resolved (:func:`bench.signature.check_option`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.errors import ConfigError
-from bench.registry import ATTACKS, DEFENSES, MODELS, Registry, accepted_options
+from bench.registry import ATTACKS, DEFENSES, MODELS, Registry
+from bench.signature import accepted_options
 
 REGISTRY: dict[str, Registry[Any]] = {"defense": DEFENSES, "attack": ATTACKS, "model": MODELS}
 # set by the harness, not by an option: the option that sets it instead

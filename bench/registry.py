@@ -18,7 +18,6 @@ import difflib
 import fnmatch
 import importlib
 import inspect
-import json
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -27,11 +26,11 @@ from importlib import metadata
 from typing import Any, Generic, TypeVar
 
 from bench.errors import (
-    ConfigError,
     DuplicatePluginError,
     PluginImportError,
     UnknownPluginError,
 )
+from bench.signature import resolve_options
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ class Entry(Generic[T]):
 
     def resolve(self, **kwargs: Any) -> dict[str, Any]:
         """The full constructor arguments: defaults, then the variant's settings, then kwargs."""
-        return _resolve(self.name, self.builder, {**self.overrides, **kwargs})
+        return resolve_options(self.name, self.builder, {**self.overrides, **kwargs})
 
     def build(self, **kwargs: Any) -> T:
         """Build the variant; ``kwargs`` override the variant's registered settings.
@@ -79,115 +78,16 @@ class Entry(Generic[T]):
         return obj
 
 
-# Options that count something (epochs, steps, images, queries, restarts, EOT draws): zero or a
-# negative number would make a meaningless artifact (an untrained model, an attack that does
-# nothing), so every plugin's options with these names must be integers >= 1 when given.
-# Constructor arguments every plugin of a kind receives from the harness (the defense contract's
-# input shape and classes, the attack contract's eps and seed): never an option.
-HARNESS_SET = frozenset({"input_shape", "num_classes", "eps", "seed"})
-COUNT_OPTIONS = frozenset({"epochs", "steps", "batch_size", "train_images", "fit_images",
-                           "n_queries", "n_restarts", "restarts", "eot", "attack_steps"})
-_PRIMITIVES = {"int": int, "float": float, "str": str, "bool": bool}
+def registered_name(obj: Any) -> str:
+    """The name ``obj`` was built under (:meth:`Entry.build` records it), else its class name in
+    lower case (an object made by hand, e.g. in a test): the one place that asks."""
+    return str(getattr(obj, "registry_name", type(obj).__name__.lower()))
 
 
-def _alternatives(annotation: Any) -> list[str] | None:
-    """The ``|`` alternatives of a parameter's annotation as text (``"int | None"`` ->
-    ``["int", "None"]``); None when it has none."""
-    if annotation is inspect.Parameter.empty:
-        return None
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
-                                                                    str(annotation))
-    return [a.strip() for a in text.split("|")]
-
-
-def _accepts(alt: str, value: Any) -> bool | None:
-    """Whether ``value`` fits the annotation alternative ``alt`` (None: cannot tell)."""
-    if alt == "None":
-        return value is None
-    if alt in _PRIMITIVES:
-        if isinstance(value, bool):
-            return alt == "bool"
-        if alt == "float":
-            return isinstance(value, (int, float))
-        if alt == "int":
-            return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-        return isinstance(value, _PRIMITIVES[alt])
-    if alt.split("[")[0] in ("Sequence", "tuple", "list", "Tuple", "List"):
-        return isinstance(value, (list, tuple))
-    return None
-
-
-def check_option(plugin: str, param: inspect.Parameter, value: Any) -> Any:
-    """``value`` for the constructor parameter ``param`` of ``plugin``, normalized (``4.0`` for an
-    int is ``4``, ``1`` for a float is ``1.0``; a number given to a text option is its text);
-    a one-line ConfigError when it does not fit the annotation or is a count below 1."""
-    alts = _alternatives(param.annotation)
-    if alts is not None:
-        verdicts = [_accepts(a, value) for a in alts]
-        if not any(v is not False for v in verdicts):
-            if "str" in alts and isinstance(value, (int, float)) and not isinstance(value, bool):
-                return json.dumps(value)  # --defense-opt source=123 meant the text "123"
-            example = "" if param.default in (inspect.Parameter.empty, None) else \
-                f" (default {param.default!r})"
-            raise ConfigError(f"'{plugin}' option {param.name}={value!r} must be "
-                              f"{' or '.join(alts)}{example}: pass e.g. "
-                              f"{plugin}.{param.name}={_example(alts, param.default)}.")
-        if "int" in alts and isinstance(value, float) and value.is_integer() and \
-                "float" not in alts:
-            value = int(value)
-        elif "float" in alts and "int" not in alts and isinstance(value, int) and \
-                not isinstance(value, bool):
-            value = float(value)
-    if param.name in COUNT_OPTIONS and value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(f"'{plugin}' option {param.name}={value!r} must be an integer >= 1 "
-                          f"(0 would make a meaningless artifact): pass e.g. "
-                          f"{plugin}.{param.name}={_example(['int'], param.default)}.")
-    return value
-
-
-def _example(alts: list[str], default: Any) -> str:
-    if default not in (inspect.Parameter.empty, None) and not isinstance(default, bool):
-        return json.dumps(default) if not isinstance(default, str) else default
-    return {"int": "1", "float": "0.1", "bool": "true", "str": "TEXT"}.get(
-        next((a for a in alts if a != "None"), "str"), "VALUE")
-
-
-def accepted_options(builder: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
-    """The keyword parameters ``builder`` takes, by name; None when it takes any (``**kw``) or
-    has no inspectable signature."""
-    try:
-        sig = inspect.signature(builder)
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return None
-    return {p.name: p for p in sig.parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def _resolve(name: str, builder: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` checked against the builder's signature (names and annotated types) and with
-    its defaults filled in; an unknown option or a wrong type is a one-line ConfigError that
-    suggests the closest option."""
-    try:
-        sig = inspect.signature(builder)
-    except (TypeError, ValueError):
-        return params
-    accepted = {p.name: p for p in sig.parameters.values()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            close = [c for u in unknown for c in difflib.get_close_matches(u, accepted, n=1)]
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            options = [a for a in accepted if a not in HARNESS_SET]
-            raise ConfigError(f"'{name}' takes no option {', '.join(unknown)}.{hint} It "
-                              f"accepts: {', '.join(options) or 'none'}.")
-    checked = {k: check_option(name, accepted[k], v) if k in accepted else v
-               for k, v in params.items()}
-    filled = {p.name: p.default for p in accepted.values() if p.default is not p.empty}
-    return {**filled, **checked}
+def registered_params(obj: Any) -> dict[str, Any]:
+    """Every constructor argument ``obj`` was built with, defaults filled in (:meth:`Entry.build`
+    records them); empty for an object made by hand."""
+    return dict(getattr(obj, "params", {}))
 
 
 def _describe(obj: Any, description: str | None) -> str:
@@ -383,8 +283,10 @@ def _bind_prefix(builder: Callable[..., T], arg: str) -> Callable[..., T]:
     return bound
 
 
-DEFENSES: Registry[Any] = Registry("defense", "defenses", "bench.defenses")
-ATTACKS: Registry[Any] = Registry("attack", "attacks", "bench.attacks")
+# The built-in plugins: the folders defenses/ and attacks/, installed as bench.defenses and
+# bench.attacks (setup.py) so that no folder of a user's named like them can shadow them.
+DEFENSES: Registry[Any] = Registry("defense", "bench.defenses", "bench.defenses")
+ATTACKS: Registry[Any] = Registry("attack", "bench.attacks", "bench.attacks")
 DATASETS: Registry[Any] = Registry("dataset", "bench.data", "bench.datasets")
 MODELS: Registry[Any] = Registry("model", "bench.models", "bench.models")
 
@@ -396,3 +298,22 @@ register_model = MODELS.register
 REGISTRIES: dict[str, Registry[Any]] = {
     "defenses": DEFENSES, "attacks": ATTACKS, "datasets": DATASETS, "models": MODELS,
 }
+
+# Before the move the built-ins were the top-level packages ``defenses`` and ``attacks``, and a
+# defense's class path is part of its weight key (Defense.cache_key), hence of every cell hash.
+# Recorded under the old names, the weights and cells of stores written before stay valid.
+_RECORDED_AS = {DEFENSES.builtin: "defenses", ATTACKS.builtin: "attacks"}
+
+
+def recorded_module(module: str) -> str:
+    """``module``'s name wherever a module path is hashed or stored: a built-in plugin's under its
+    former top-level name (``bench.defenses.hgd.hgd`` -> ``defenses.hgd.hgd``), any other as is."""
+    for package, old in _RECORDED_AS.items():
+        if module == package or module.startswith(f"{package}."):
+            return old + module[len(package):]
+    return module
+
+
+def recorded_class(cls: type) -> str:
+    """The dotted path of ``cls`` that keys and hashes record (see :func:`recorded_module`)."""
+    return f"{recorded_module(cls.__module__)}.{cls.__qualname__}"

@@ -12,11 +12,12 @@
   Table 4 setting; Papernot et al.'s black-box transfer). Like oblivious sets, transfer sets are
   computed once per (attack, source, slice) and reused for every defense.
 
-The evaluated model is always the defended pipeline (:meth:`bench.session.Session.evaluate`).
+The evaluated model is always the defended pipeline (:mod:`bench.session.evaluate`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 
 from bench.defense import MODEL, Defense
 from bench.errors import ConfigError
+from bench.registry import registered_name
 
 
 class Threat(str, Enum):
@@ -103,31 +105,96 @@ def eot_draws(threat: Threat, defense: Defense, draws: int, gradient_free: bool 
     return 1
 
 
+@dataclass(frozen=True)
+class Target:
+    """What an attack differentiates through: the classifier alone, the transfer source model,
+    or a defended pipeline (with its EOT draws and its identity). A key, never a string to
+    parse: :attr:`key` names it in an adversarial set's identity, :attr:`shared` says whether one
+    set serves every defense.
+
+    Build it with :meth:`of`. Two threats that attack the same model get the same target (the
+    undefended baseline under ``oblivious`` and ``whitebox``), so their set is computed once.
+
+    Attributes:
+        threat: the threat model whose set this is (``oblivious`` for the classifier alone).
+        source: the transfer source's weight key (``transfer`` only).
+        defense: the defense's registered name (a defended pipeline only).
+        eot: EOT draws around the pipeline (1: none).
+        identity: a hash of the defense's identity (parameters and weights), when known.
+    """
+
+    threat: Threat
+    source: str | None = None
+    defense: str | None = None
+    eot: int = 1
+    identity: str | None = None
+
+    @classmethod
+    def of(cls, threat: Threat, defense: Defense, eot: int = 1, source: str | None = None,
+           identity: str | None = None) -> Target:
+        """The target of an attack under ``threat`` on ``defense``.
+
+        Args:
+            eot: draws of :class:`EOT` around the defended pipeline (whitebox; 1 = none), as
+                given by :func:`eot_draws`.
+            source: the transfer source's weight key (needed for ``transfer``).
+            identity: the defense's identity hash, named in a whitebox target's key.
+        """
+        if threat is Threat.TRANSFER:
+            if source is None:
+                raise ConfigError("The transfer threat needs a source model: pass --source-model "
+                                  "NAME (a model of the dataset other than the target).")
+            return cls(Threat.TRANSFER, source=source)
+        if threat is Threat.OBLIVIOUS or defense.identity:
+            return cls(Threat.OBLIVIOUS)
+        return cls(Threat.WHITEBOX, defense=registered_name(defense), eot=int(eot),
+                   identity=identity)
+
+    @property
+    def shared(self) -> bool:
+        """Whether no defense is part of this target, so one adversarial set (cached on disk,
+        computed once by an executor) serves the cells of every defense."""
+        return self.defense is None
+
+    @property
+    def key(self) -> str:
+        """The target's name in an adversarial set's identity (the strings stored sets were
+        keyed by: ``classifier``, ``source:KEY``, ``defense:NAME[:eotN][:IDENTITY]``)."""
+        if self.threat is Threat.TRANSFER:
+            return f"source:{self.source}"
+        if self.defense is None:
+            return "classifier"
+        return (f"defense:{self.defense}" + (f":eot{self.eot}" if self.eot > 1 else "")
+                + (f":{self.identity}" if self.identity else ""))
+
+    def model(self, classifier: nn.Module, defense: Defense | None = None,
+              source: nn.Module | None = None) -> nn.Module:
+        """The model the attack differentiates: ``source`` (transfer), ``classifier`` (no
+        defense in the target), else the defended pipeline through BPDA where declared,
+        wrapped in :class:`EOT` when ``eot`` > 1."""
+        if self.threat is Threat.TRANSFER:
+            if source is None:
+                raise ValueError("a transfer target needs its source model")
+            return source
+        if self.defense is None:
+            return classifier
+        if defense is None:
+            raise ValueError(f"target {self.key} needs its defense")
+        model: nn.Module = Pipeline(classifier, defense, adaptive=True)
+        return EOT(model, self.eot) if self.eot > 1 else model
+
+
 def attacked_model(threat: Threat, classifier: nn.Module, defense: Defense,
                    source: tuple[nn.Module, str] | None = None,
-                   eot: int = 1) -> tuple[nn.Module, str]:
-    """The model the attack differentiates, and a key naming it for reuse of adversarial sets.
-
-    Two threats that attack the same model share the key (e.g. the undefended baseline under
-    ``oblivious`` and ``whitebox``), so their adversarial examples are computed once.
+                   eot: int = 1) -> tuple[nn.Module, Target]:
+    """The model an attack under ``threat`` differentiates, and its :class:`Target`.
 
     Args:
-        source: ``(model, key)`` of the transfer source (needed for ``transfer``).
-        eot: draws of :class:`EOT` around the defended pipeline (whitebox; 1 = none), as given
-            by :func:`eot_draws`.
+        source: ``(model, weight key)`` of the transfer source (needed for ``transfer``).
+        eot: draws of :class:`EOT` around the defended pipeline (whitebox; 1 = none).
     """
-    if threat is Threat.TRANSFER:
-        if source is None:
-            raise ConfigError("The transfer threat needs a source model: pass --source-model "
-                              "NAME (a model of the dataset other than the target).")
-        return source[0], f"source:{source[1]}"
-    if threat is Threat.OBLIVIOUS or defense.identity:
-        return classifier, "classifier"
-    name = getattr(defense, "registry_name", type(defense).__name__)
-    model: nn.Module = Pipeline(classifier, defense, adaptive=True)
-    if eot > 1:
-        return EOT(model, eot), f"defense:{name}:eot{eot}"
-    return model, f"defense:{name}"
+    target = Target.of(threat, defense, eot, source[1] if source is not None else None)
+    return target.model(classifier, defense, source[0] if source is not None else None), target
 
 
 def uses_bpda(threat: Threat, defense: Defense, gradient_free: bool = False) -> bool:

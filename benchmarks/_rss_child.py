@@ -40,7 +40,7 @@ class Tiny299(Classifier):
 def main(argv: list[str]) -> int:
     from bench.cache import Cache
     from bench.config import RunConfig
-    from bench.runner import Runner
+    from bench.executors import run_grid
     from bench.store import Store
 
     root, n, cache, results = argv[0], int(argv[1]), argv[2], argv[3]
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
                     model_opts={"timm:inception_v3.pretrained": False,
                                 "timm:resnet50.pretrained": False})
     t0 = time.perf_counter()
-    hashes = Runner(cfg, Store(results), Cache(cache)).run()
+    hashes = run_grid(cfg, Store(results), Cache(cache))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"n": n, "peak_rss_mib": round(peak, 1),
                       "wall_s": round(time.perf_counter() - t0, 1), "cells": len(hashes)}))

@@ -21,7 +21,7 @@ import torchattacks
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.data import get_dataset
-from bench.runner import Runner
+from bench.executors import run_grid
 from bench.session import Session
 from bench.store import Store
 
@@ -51,7 +51,7 @@ def test_a_harness_pgd100_cell_costs_what_a_bare_torchattacks_loop_costs(
         shutil.rmtree(cache.root / "adversarial", ignore_errors=True)  # attack every time
         store = scratch / "store.sqlite"
         store.unlink(missing_ok=True)
-        Runner(cfg, Store(store), cache).run()
+        run_grid(cfg, Store(store), cache)
 
     def bare() -> float:
         attack = torchattacks.PGD(model, eps=EPS, alpha=EPS / 40, steps=STEPS, random_start=True)

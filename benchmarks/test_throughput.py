@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.accel import attack_step, candidates, probe_batch_size
 from bench.cache import Cache
 from bench.config import RunConfig
-from bench.runner import Runner
+from bench.executors import run_grid
 from bench.runtime import resolve_device
 from bench.session import Session
 from bench.store import Store
@@ -45,7 +45,7 @@ def _run(cfg: RunConfig, scratch: Path, cache: Cache, fresh_sets: bool = True) -
     store = scratch / "grid.sqlite"
     store.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    Runner(cfg, Store(store), cache).run()
+    run_grid(cfg, Store(store), cache)
     return time.perf_counter() - t0
 
 
@@ -160,7 +160,7 @@ def test_the_adaptive_suite_costs_at_most_three_apgd_ce_runs(
         base = dict(datasets=(dataset,), defenses=(defense,), eps=(EPS,), n=n,
                     device=report.device, threats=("whitebox",))
         apgd = RunConfig(**base, attacks=("apgd",), attack_opts=small)
-        Runner(apgd, Store(scratch / "warm.sqlite"), cache).run()  # fits outside the timings
+        run_grid(apgd, Store(scratch / "warm.sqlite"), cache)  # fits outside the timings
         suite = _run(RunConfig(**base, attacks=("adaptive",),
                                attack_opts={**small, **({"n_queries": 20} if tiny else {})}),
                      scratch, cache)

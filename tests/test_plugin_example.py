@@ -1,6 +1,7 @@
 """The README's plugin example, followed literally: its files come from README.md's fenced blocks,
 it is installed editable with the README's own command, and the README's commands are run from the
-folder it was installed from (where a folder named like the module would shadow it).
+folder it was installed from (where a folder named like the module would shadow it; that folder
+also holds packages named ``defenses`` and ``attacks``, which must not hide the built-ins).
 
 Each install goes into a throwaway virtual environment that sees the test environment's packages
 through a ``.pth`` file, so the environment running the tests is never modified (and no network
@@ -100,6 +101,9 @@ def test_readme_plugin_example_installs_lists_and_runs(tmp_path: Path) -> None:
     files = example_files(section)
     assert {"bench-blur/pyproject.toml", "bench-blur/src/bench_blur/__init__.py"} <= set(files)
     work = tmp_path / "work"  # the folder holding bench-blur/, where every command runs
+    for shadow in ("defenses", "attacks"):  # a user's own folders, named like our plugin packages
+        (work / shadow).mkdir(parents=True)
+        (work / shadow / "__init__.py").write_text("")
     for rel, body in files.items():
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text(body)

@@ -3,7 +3,7 @@
 The parameter is written ``eps``, ``DEFENSE.OPTION`` (e.g. ``bitdepth.bits``: every value is its
 own defense, trained again where the defense trains) or ``ATTACK.OPTION`` (e.g. ``pgd10.steps``:
 accuracy against attack iterations). Each value becomes a :class:`~bench.config.RunConfig` that
-differs from the base one in that single setting and runs through :class:`~bench.runner.Runner`,
+differs from the base one in that single setting and runs through :func:`~bench.executors.run_grid`,
 so its cells go to the result store, cells already stored are skipped (the config hash holds the
 resolved defense and attack parameters, so each value is its own cell) and an interrupted sweep
 resumes. The plot shows robust accuracy against the value, one line per (defense, threat) (and
@@ -31,9 +31,11 @@ from bench.analysis.figures import file_stem, save_figure
 from bench.cache import Cache
 from bench.config import RunConfig, format_eps, parse_eps, split_list
 from bench.errors import ConfigError
-from bench.registry import ATTACKS, DEFENSES, accepted_options, natural_key
-from bench.runner import Runner, validate_names
+from bench.executors import run_grid
+from bench.plan import Planner, validate_names
+from bench.registry import ATTACKS, DEFENSES, natural_key
 from bench.runtime import progress
+from bench.signature import accepted_options
 from bench.store import Store
 from bench.threat import Threat
 
@@ -133,9 +135,9 @@ def run_sweep(base: RunConfig, param: SweepParam, values: dict[str, Any], store:
     frames, order = [], []
     for i, (label, value) in enumerate(progress(list(values.items()),
                                                 desc=f"sweep {param.text}")):
-        runner = Runner(param.apply(base, value), store, cache)
-        hashes = runner.run()
-        order = order or runner.defenses()
+        cfg = param.apply(base, value)
+        hashes = run_grid(cfg, store, cache)
+        order = order or Planner(cfg, cache).defenses()
         df = store.frame(hashes)
         frames.append(df.assign(param=param.text, value=[value] * len(df), label=label,
                                 position=i))

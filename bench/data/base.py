@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from bench.config import ENV_DATA_ROOT, data_root
 from bench.errors import ConfigError, DataCorruptError, DataNotFoundError
-from bench.registry import DATASETS
+from bench.registry import DATASETS, registered_name
 from bench.runtime import check_memory
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class BenchDataset(ABC):
 
     @property
     def name(self) -> str:
-        return getattr(self, "registry_name", type(self).__name__.lower())
+        return registered_name(self)
 
     @property
     def info(self) -> DatasetInfo:

@@ -12,24 +12,16 @@ import pandas as pd
 
 from bench.config import format_eps
 from bench.errors import ConfigError
-from bench.registry import natural_key
-from bench.report.identity import _native, identify
+from bench.report.caption import BPDA_MARK, EOT_MARK, caption
+from bench.report.identity import _native
+from bench.report.page import build_page
 from bench.report.tables import (
     FORMATS,
     _plain,
     _require,
-    _threat_rank,
     leaderboard,
     long_table,
 )
-from bench.threat import Threat
-
-_THREAT_NOTES = {
-    Threat.OBLIVIOUS.value: "the attack sees the classifier only",
-    Threat.WHITEBOX.value: "adaptive, through the whole defended pipeline",
-}
-_BPDA_MARK = "†"
-_EOT_MARK = "‡"
 
 
 def _pct(value: Any) -> str:
@@ -57,42 +49,12 @@ def _display(wide: pd.DataFrame) -> pd.DataFrame:
     for col in attrs.get("covers_columns", []):
         column(col, lambda v: str(int(v)) if v else "–")
     for col in attrs.get("attack_columns", []):
-        marks = [(_BPDA_MARK if (key, col) in bpda else "") + (_EOT_MARK if (key, col) in eot
+        marks = [(BPDA_MARK if (key, col) in bpda else "") + (EOT_MARK if (key, col) in eot
                                                               else "") for key in keys]
         out[col] = pd.Series([_pct(v) + m for v, m in zip(wide[col].tolist(), marks,
                                                            strict=True)],
                              index=out.index, dtype=object)
     return out.rename(columns={"clean_acc": "clean"})
-
-
-def caption(df: pd.DataFrame) -> str:
-    """One line saying what the numbers are, on how many images, and what produced them."""
-    df = _plain(_require(df))
-    parts = []
-    for (ds, split), g in df.groupby(["dataset", "split"], sort=False):
-        lo, hi = int(g["n"].min()), int(g["n"].max())
-        parts.append(f"{ds}/{split}: n = {lo}" + (f"–{hi}" if hi != lo else ""))
-    threats = sorted(set(df["threat"]), key=_threat_rank)
-    notes = [f"{t} ({_THREAT_NOTES[t]})" if t in _THREAT_NOTES else t for t in threats]
-    revs = ", ".join(sorted(set(df["git_rev"].astype(str))))
-    date = str(df["created_at"].max())[:10]
-    marks = ([f"{_BPDA_MARK} gradients through BPDA."] if df["bpda"].astype(bool).any() else [])
-    if any(isinstance(c, dict) and "eot" in c for c in df["config"]):
-        marks.append(f"{_EOT_MARK} gradients averaged over random draws of the defense (EOT).")
-    cells = identify(df)
-    if ((cells["_label"] != cells["_column_base"]) | (cells["_model"] != cells["model"])
-            | (cells["_defense"] != cells["defense"])).any():
-        marks.append("Settings in parentheses distinguish rows or columns that share a name "
-                     "(the CSV has every cell's full configuration).")
-    attacks = ", ".join(sorted(set(df["attack"]), key=natural_key))
-    return " ".join([
-        f"Accuracy (%) of each defended classifier on n test images per cell "
-        f"({'; '.join(parts)}). Attacks: {attacks}; threat models: {'; '.join(notes)}; "
-        f"columns are attack/threat@eps (L-inf radius on the [0,1] scale).",
-        *(["worst case@eps is the headline: the images correct clean and under every attack "
-           "and threat model stored for the row at that eps (attacks@eps: how many, a suite's "
-           "members counted); rows are sorted by it."] if len(df) else []), *marks,
-        f"Produced by bench (git {revs}) on {date}."])
 
 
 def to_markdown(wide: pd.DataFrame, text: str) -> str:
@@ -150,8 +112,6 @@ def to_html(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None 
     """The self-contained leaderboard page (:func:`bench.report.page.build_page`): the wide table
     with the headline first, flags and legend, breakdown, one detail view per row, the PNG plots
     under ``out_dir/plots`` embedded, and every cell; sortable tables, no network."""
-    from bench.report.page import build_page  # the page imports this module (its caption)
-
     return build_page(df, baseline, out_dir)
 
 

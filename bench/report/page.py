@@ -39,7 +39,7 @@ import pandas as pd
 from bench.config import format_eps
 from bench.errors import BenchError
 from bench.report._page_assets import CSS, SCRIPT
-from bench.report.export import caption
+from bench.report.caption import caption
 from bench.report.headline import Cell, grouped, records
 from bench.report.identity import identify
 from bench.report.tables import _plain, leaderboard, long_table, worst_case

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks.cw import cw_margin
+from bench.attacks.cw import cw_margin
 from bench.errors import ConfigError
 from bench.registry import ATTACKS
 from tests.attacks.helpers import accuracy

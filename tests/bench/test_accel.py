@@ -22,9 +22,11 @@ from bench.accel import (
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.errors import ConfigError
-from bench.runner import Runner
+from bench.executors import run_grid
+from bench.plan import Planner
 from bench.session import Session
 from bench.store import Store
+from bench.threat import Target, Threat
 
 CPU = torch.device("cpu")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -75,25 +77,24 @@ def test_a_training_scope_makes_every_step_use_the_current_weights() -> None:
 def test_train_precision_is_in_the_weight_key_only_when_not_fp32() -> None:
     fp32 = Session("digits", n=20, model_opts=QUICK)
     bf16 = Session("digits", n=20, model_opts=QUICK, train_precision="bf16")
-    assert "precision" not in fp32.fit_key() and bf16.fit_key()["precision"] == "bf16"
+    assert "precision" not in fp32.models.fit_key() and bf16.models.fit_key()["precision"] == "bf16"
     name = TRAINED
     assert fp32.defense_id(name)["weights"] != bf16.defense_id(name)["weights"]
-    assert fp32.fit_context(name).precision == "fp32"
-    assert bf16.fit_context(name).precision == "bf16"
+    assert fp32.models.fit_context(name).precision == "fp32"
+    assert bf16.models.fit_context(name).precision == "bf16"
 
 
 def test_attack_precision_is_recorded_in_the_cell_and_its_set(tmp_path: Path) -> None:
     base = {"datasets": ("digits",), "defenses": ("none",), "attacks": ("fgsm",), "n": 20,
             "eps": (0.2,), "threats": ("oblivious",), "model_opts": QUICK}
     cache = Cache(tmp_path / "cache")
-    fp32 = Runner(RunConfig(**base), Store(tmp_path / "a.sqlite"), cache)
-    bf16 = Runner(RunConfig(**base, attack_precision="bf16"), Store(tmp_path / "b.sqlite"),
-                  cache)
+    fp32 = Planner(RunConfig(**base), cache)
+    bf16 = Planner(RunConfig(**base, attack_precision="bf16"), cache)
     (c32,), (c16,) = (r.plan(r.sessions()[0], "none") for r in (fp32, bf16))
     assert "attack_precision" not in c32.config and c16.config["attack_precision"] == "bf16"
     assert c32.hash != c16.hash
     s16 = bf16.sessions()[0]
-    assert s16.adversarial_key(c16.attack, "classifier")["precision"] == "bf16"
+    assert s16.sets.key(c16.attack, Target(Threat.OBLIVIOUS))["precision"] == "bf16"
 
 
 def test_attacks_run_at_the_precision_asked_and_evaluation_stays_fp32() -> None:
@@ -113,7 +114,7 @@ def test_attacks_run_at_the_precision_asked_and_evaluation_stays_fp32() -> None:
     x, y = s.test
     attack = s.attack("fgsm", 0.1)
     model = Spy()
-    adv = s.craft(attack, model, x[:, :, :8, :8].reshape(10, 1, 8, 8), y, lambda i: i)
+    adv = s.sets.craft(attack, model, x[:, :, :8, :8].reshape(10, 1, 8, 8), y, lambda i: i)
     assert seen and set(seen) == {torch.bfloat16}
     assert adv.dtype == torch.float32
     out: list[torch.dtype] = []
@@ -137,8 +138,8 @@ def test_channels_last_leaves_the_cells_flags_and_is_recorded(tmp_path: Path) ->
             "n": 40, "eps": (0.2,), "model_opts": QUICK}
     cache = Cache(tmp_path / "cache")
     plain, cl = Store(tmp_path / "a.sqlite"), Store(tmp_path / "b.sqlite")
-    h1 = Runner(RunConfig(**base), plain, cache).run()
-    h2 = Runner(RunConfig(**base, channels_last=True), cl, cache).run()
+    h1 = run_grid(RunConfig(**base), plain, cache)
+    h2 = run_grid(RunConfig(**base, channels_last=True), cl, cache)
     assert h1 == h2  # an execution setting, like the device: not in the hash
     a, b = (s.frame().set_index("config_hash") for s in (plain, cl))
     for h in h1:
@@ -274,7 +275,7 @@ def test_batch_size_auto_is_resolved_recorded_cached_and_reproducible(
             "n": 50, "eps": (0.2,), "model_opts": QUICK}
     cache = Cache(tmp_path / "cache")
     store = Store(tmp_path / "r.sqlite")
-    hashes = Runner(RunConfig(**base, batch_size="auto"), store, cache).run()
+    hashes = run_grid(RunConfig(**base, batch_size="auto"), store, cache)
     rows = store.frame()
     chosen = {r["config"]["batch_size"] for _, r in rows.iterrows()}
     assert len(chosen) == 1 and isinstance(next(iter(chosen)), int)
@@ -287,11 +288,11 @@ def test_batch_size_auto_is_resolved_recorded_cached_and_reproducible(
     def no_probe(*a: Any, **k: Any) -> None:
         raise AssertionError("probed again although the choice is cached")
 
-    monkeypatch.setattr("bench.session.probe_batch_size", no_probe)
+    monkeypatch.setattr("bench.session.batch.probe_batch_size", no_probe)
     again = Store(tmp_path / "again.sqlite")
-    assert Runner(RunConfig(**base, batch_size="auto"), again, cache).run() == hashes
+    assert run_grid(RunConfig(**base, batch_size="auto"), again, cache) == hashes
     # the number the row records reproduces every cell: same hashes, nothing left to run
-    assert Runner(RunConfig(**base, batch_size=b), store, cache).run() == hashes
+    assert run_grid(RunConfig(**base, batch_size=b), store, cache) == hashes
     assert len(store.frame()) == len(rows)
 
 
@@ -327,7 +328,7 @@ def test_a_seeded_cuda_grid_repeats_bit_for_bit(tmp_path: Path) -> None:
             "model_opts": QUICK, "fit_images": 200, "defense_opts": {"epochs": 1}}
     stores = [Store(tmp_path / f"{i}.sqlite") for i in range(2)]
     for i, store in enumerate(stores):
-        Runner(RunConfig(**base), store, Cache(tmp_path / f"cache{i}")).run()
+        run_grid(RunConfig(**base), store, Cache(tmp_path / f"cache{i}"))
     a, b = (s.frame().set_index("config_hash") for s in stores)
     assert sorted(a.index) == sorted(b.index)
     for h in a.index:

@@ -16,8 +16,8 @@ from bench.attack import TOLERANCE, Attack, validate_adversarial
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.errors import AttackValidationError, NonFiniteError
+from bench.executors import run_grid
 from bench.registry import ATTACKS, Entry
-from bench.runner import Runner
 from bench.runtime import check_finite
 from bench.store import Store
 
@@ -172,7 +172,7 @@ def test_the_runner_records_nothing_from_an_invalid_attack(
                     eps=(0.1,), model_opts={"epochs": 1})
     store, cache = Store(tmp_path / "r.sqlite"), Cache(tmp_path / "cache")
     with pytest.raises(AttackValidationError, match="tmp-bad"):
-        Runner(cfg, store, cache).run()
+        run_grid(cfg, store, cache)
     assert len(store.frame()) == 0
     assert not list((tmp_path / "cache").glob("adversarial/*")), "an invalid set was cached"
 

@@ -14,8 +14,8 @@ import pytest
 
 from bench.cache import Cache
 from bench.config import RunConfig
+from bench.executors import run_grid
 from bench.report import leaderboard
-from bench.runner import Runner
 from bench.store import Store
 
 
@@ -27,7 +27,7 @@ def test_mnist_physics_on_a_small_slice(mnist_root: Path, tmp_path: Path) -> Non
                     model_opts={"epochs": 1, "train_images": 20000},
                     fit_images=1500, defense_opts={"epochs": 4})
     store = Store(tmp_path / "r.sqlite")
-    Runner(cfg, store, Cache(tmp_path / "cache")).run()
+    run_grid(cfg, store, Cache(tmp_path / "cache"))
     df = store.frame()
     assert len(df) == 3 * 2 * 2
 

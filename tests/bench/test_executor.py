@@ -20,8 +20,8 @@ import torch
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.errors import ConfigError
-from bench.executor import LocalExecutor, executor_for, import_ray, shipped_plugins
-from bench.runner import Runner
+from bench.executors import LocalExecutor, executor_for, run_grid
+from bench.executors.ray_executor import import_ray, shipped_plugins
 from bench.store import Store
 from tests.bench import composite_defense
 from tests.bench.randomized_defense import NAME as NOISY
@@ -69,7 +69,7 @@ def cells(db: Path) -> dict[str, dict[str, Any]]:
 
 
 def run(cfg: RunConfig, db: Path, cache: Path) -> list[str]:
-    return Runner(cfg, Store(db), Cache(cache)).run()
+    return run_grid(cfg, Store(db), Cache(cache))
 
 
 @pytest.fixture(scope="module")
@@ -214,14 +214,13 @@ def test_killed_worker_is_retried_and_no_cell_is_lost_or_duplicated(
 
 def test_shared_fits_are_the_trainable_parts_of_the_grids_composites() -> None:
     """What the Ray executor fits once before the groups that would each fit it."""
-    from bench.executor import shared_fits
     from bench.session import Session
 
     s = Session("digits", n=20, model_opts={"epochs": 1})
     composite = "ensemble"  # HGD Appendix C: an LGD per classifier
     parts = [p for p in s.parts(composite).defenses if s.built(p).needs_training]
     assert parts, "the ensemble's LGDs train"
-    fits = shared_fits(s, [composite, "lgd", "bitdepth", "ensemble-shared"])
+    fits = s.defenses.shared_fits([composite, "lgd", "bitdepth", "ensemble-shared"])
     assert len(fits) == len(set(fits)) and set(parts) <= set(fits)
     assert all(s.built(p).needs_training for p in fits)
-    assert shared_fits(s, ["lgd", "bitdepth", "none"]) == []  # no composite: nothing shared
+    assert s.defenses.shared_fits(["lgd", "bitdepth", "none"]) == []  # no composite: nothing shared

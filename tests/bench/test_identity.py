@@ -16,11 +16,11 @@ import pytest
 from bench.config import RunConfig
 from bench.data import get_dataset
 from bench.errors import BenchError
-from bench.registry import ATTACKS, DEFENSES, HARNESS_SET, Registry, accepted_options
-from bench.runner import Runner
+from bench.plan import Planner
+from bench.registry import ATTACKS, DEFENSES, Registry
+from bench.signature import HARNESS_SET, accepted_options
 from bench.session import Session
-from bench.store import Store
-from bench.threat import Threat
+from bench.threat import Target, Threat
 
 EPS = 0.2
 DATASET = get_dataset("digits")
@@ -73,8 +73,8 @@ def _changed(registry: Registry[Any], name: str, option: str, build: Any) -> Any
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory: pytest.TempPathFactory) -> Runner:
-    return Runner(RunConfig(attacks=("fgsm",)), Store(tmp_path_factory.mktemp("s") / "r.db"))
+def runner() -> Planner:
+    return Planner(RunConfig(attacks=("fgsm",)))
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +82,17 @@ def session() -> Session:
     return Session(DATASET)
 
 
-def _attack_identity(session: Session, runner: Runner, name: str,
+def _attack_identity(session: Session, runner: Planner, name: str,
                      **opts: Any) -> tuple[str, str]:
     attack = ATTACKS.get(name).build(eps=EPS, seed=0, **opts)
     config = runner.cell_config(session, "none", attack, Threat.OBLIVIOUS)
-    return (json.dumps(session.adversarial_key(attack, "classifier"), sort_keys=True,
+    return (json.dumps(session.sets.key(attack, Target(Threat.OBLIVIOUS)), sort_keys=True,
                        default=str), json.dumps(config, sort_keys=True, default=str))
 
 
 @pytest.mark.parametrize(("name", "option"), _options(ATTACKS))
 def test_every_attack_option_changes_the_cell_and_the_set_key(
-        name: str, option: str, session: Session, runner: Runner) -> None:
+        name: str, option: str, session: Session, runner: Planner) -> None:
     def build(value: Any) -> None:
         ATTACKS.get(name).build(eps=EPS, seed=0, **{option: value})
 
@@ -105,7 +105,7 @@ def test_every_attack_option_changes_the_cell_and_the_set_key(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "option"), _options(DEFENSES))
-def test_every_defense_option_changes_the_cell(name: str, option: str, runner: Runner) -> None:
+def test_every_defense_option_changes_the_cell(name: str, option: str, runner: Planner) -> None:
     if DEFENSES.get(name).builder.unsupported(DATASET.info.input_shape):
         pytest.skip(f"{name} does not run on {DATASET.info.name}")
     attack = ATTACKS.get("fgsm").build(eps=EPS, seed=0)
@@ -120,7 +120,7 @@ def test_every_defense_option_changes_the_cell(name: str, option: str, runner: R
     assert config(**{option: value}) != config(), f"{name}.{option}={value!r} is not in the cell"
 
 
-def test_the_classifier_options_and_the_run_settings_change_the_cell(runner: Runner) -> None:
+def test_the_classifier_options_and_the_run_settings_change_the_cell(runner: Planner) -> None:
     attack = ATTACKS.get("fgsm").build(eps=EPS, seed=0)
     base = runner.cell_config(Session(DATASET), "none", attack, Threat.OBLIVIOUS)
     for change in ({"model_opts": {"epochs": 2}}, {"batch_size": 100}, {"n": 50},

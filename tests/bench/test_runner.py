@@ -13,11 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.attack import Attack
 from bench.cache import Cache
 from bench.config import RunConfig
+from bench.executors import run_grid
+from bench.plan import Planner
 from bench.registry import DEFENSES, Entry
-from bench.runner import Runner
+from bench.session.adversarial import AdversarialSets
 from bench.store import Store
+from bench.threat import Target
 from tests.bench.randomized_defense import NAME, NoisyDefense, register
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,23 +110,23 @@ def test_a_randomized_defense_gives_the_same_cell_alone_in_a_grid_and_in_another
             "threats": ("oblivious", "whitebox")}
     alone = Store(tmp_path / "alone.sqlite")
     torch.manual_seed(1)  # whatever state the process's RNG is in must not matter
-    Runner(RunConfig(defenses=(NOISY,), attacks=("fgsm",), eps=(0.2,), **base), alone,
-           Cache(tmp_path / "c")).run()
+    run_grid(RunConfig(defenses=(NOISY,), attacks=("fgsm",), eps=(0.2,), **base), alone,
+           Cache(tmp_path / "c"))
     grid = Store(tmp_path / "grid.sqlite")  # other cells run before it, in the same process
     torch.manual_seed(2)
-    runner = Runner(RunConfig(defenses=("bitdepth", NOISY), attacks=("noise", "fgsm"),
-                              eps=(0.1, 0.2), **base), grid, Cache(tmp_path / "c"))
-    runner.run()
+    cfg = RunConfig(defenses=("bitdepth", NOISY), attacks=("noise", "fgsm"), eps=(0.1, 0.2),
+                    **base)
+    run_grid(cfg, grid, Cache(tmp_path / "c"))
     reordered = Store(tmp_path / "reordered.sqlite")
     torch.rand(1000)
-    Runner(RunConfig(defenses=(NOISY, "bitdepth"), attacks=("fgsm", "noise"), eps=(0.2, 0.1),
-                     **base), reordered, Cache(tmp_path / "c")).run()
+    run_grid(RunConfig(defenses=(NOISY, "bitdepth"), attacks=("fgsm", "noise"), eps=(0.2, 0.1),
+                     **base), reordered, Cache(tmp_path / "c"))
     cells = _noisy_cells(alone)
     assert len(cells) == 2
     assert {h: _noisy_cells(grid)[h] for h in cells} == cells
     assert {h: _noisy_cells(reordered)[h] for h in cells} == cells
     # the noise really decides outcomes: under another evaluation seed the flags differ
-    s = runner.sessions()[0]
+    s = Planner(cfg, Cache(tmp_path / "c")).sessions()[0]
     one, _ = s.evaluate(s.defense(NOISY), s.test[0], seed=1)
     two, _ = s.evaluate(s.defense(NOISY), s.test[0], seed=2)
     assert not torch.equal(one, two)
@@ -132,7 +136,7 @@ def test_rerun_is_noop_and_baseline_threats_share_examples(tmp_path: Path) -> No
     cfg = RunConfig(datasets=("digits",), defenses=("none",), attacks=("fgsm",), n=30,
                     eps=(0.2,), model_opts={"epochs": 1})
     store = Store(tmp_path / "r.sqlite")
-    hashes = Runner(cfg, store, Cache()).run()
+    hashes = run_grid(cfg, store, Cache())
     df = store.frame()
     assert len(hashes) == 2 and len(df) == 2
     assert set(df["threat"]) == {"oblivious", "whitebox"}
@@ -140,7 +144,7 @@ def test_rerun_is_noop_and_baseline_threats_share_examples(tmp_path: Path) -> No
     a, b = df["robust_correct"]
     assert (a == b).all()
     before = store.frame()["created_at"].tolist()
-    assert Runner(cfg, store, Cache()).run() == hashes
+    assert run_grid(cfg, store, Cache()) == hashes
     assert store.frame()["created_at"].tolist() == before
 
 
@@ -148,7 +152,7 @@ def test_row_holds_the_design_fields(tmp_path: Path) -> None:
     cfg = RunConfig(datasets=("digits",), defenses=("none",), attacks=("noise",), n=25,
                     eps=(0.1,), threats=("oblivious",), seed=3, model_opts={"epochs": 1})
     store = Store(tmp_path / "r.sqlite")
-    Runner(cfg, store, Cache()).run()
+    run_grid(cfg, store, Cache())
     row = store.frame().iloc[0]
     assert row["n"] == 25 and len(row["robust_correct"]) == 25
     assert row["seed"] == 3 and row["eps"] == pytest.approx(0.1)
@@ -175,7 +179,7 @@ def test_bpda_is_recorded_for_whitebox_rows_only_and_marked(tmp_path: Path) -> N
     cfg = RunConfig(datasets=("digits",), defenses=(name,), attacks=("fgsm",), n=20,
                     eps=(0.2,), model_opts={"epochs": 1})
     store = Store(tmp_path / "r.sqlite")
-    Runner(cfg, store, Cache()).run()
+    run_grid(cfg, store, Cache())
     df = store.frame()
     bpda = {(r.defense, r.threat): r.bpda for r in df.itertuples()}
     assert bpda[(name, "whitebox")] is True and bpda[(name, "oblivious")] is False
@@ -209,7 +213,6 @@ def test_attacking_only_the_survivors_changes_no_stored_flag(
     attacking every image gives (random starts included), and the saving is recorded. On CUDA
     this holds only if the kernels compute each row independently of the batch's shape (the
     nightly GPU job checks it)."""
-    from bench.session import Session
 
     register()
     cfg = RunConfig(datasets=("digits",), defenses=("none", "bitdepth", "median", NOISY),
@@ -217,23 +220,23 @@ def test_attacking_only_the_survivors_changes_no_stored_flag(
                     n=120, batch_size=50, model_opts={"epochs": 1}, eval_draws=2, eot=2,
                     device=device)
     cache = Cache(tmp_path / "cache")
-    adversarial, craft = Session.adversarial, Session.craft
+    adversarial, craft = AdversarialSets.adversarial, AdversarialSets.craft
     sets: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
 
-    def recorded(self: Session, attack: object, target: object, target_id: str,
-                 keep: torch.Tensor | None = None) -> torch.Tensor:
-        x_adv = adversarial(self, attack, target, target_id, keep=keep)  # type: ignore[arg-type]
-        sets.setdefault(f"{attack.name} {target_id}", []).append((x_adv, keep))  # type: ignore[attr-defined]
+    def recorded(self: AdversarialSets, attack: Attack, target: Target,
+                 defense: object = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        x_adv = adversarial(self, attack, target, defense, keep=keep)  # type: ignore[arg-type]
+        sets.setdefault(f"{attack.name} {target.key}", []).append((x_adv, keep))
         return x_adv
 
-    def everything(self: Session, attack: object, target: object, x: torch.Tensor,
+    def everything(self: AdversarialSets, attack: object, target: object, x: torch.Tensor,
                    y: torch.Tensor, seed_of: object, keep: object = None) -> torch.Tensor:
         return craft(self, attack, target, x, y, seed_of)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Session, "adversarial", recorded)
-    Runner(cfg, Store(tmp_path / "survivors.sqlite"), cache).run()
-    monkeypatch.setattr(Session, "craft", everything)
-    Runner(cfg, Store(tmp_path / "all.sqlite"), cache).run()
+    monkeypatch.setattr(AdversarialSets, "adversarial", recorded)
+    run_grid(cfg, Store(tmp_path / "survivors.sqlite"), cache)
+    monkeypatch.setattr(AdversarialSets, "craft", everything)
+    run_grid(cfg, Store(tmp_path / "all.sqlite"), cache)
     want, got = per_sample(tmp_path / "all.sqlite"), per_sample(tmp_path / "survivors.sqlite")
     assert sorted(got) == sorted(want) and len(got) == 4 * 4
     assert got == want

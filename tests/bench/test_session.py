@@ -58,7 +58,7 @@ def test_defenses_without_a_model_parameter_get_none(registered: str) -> None:
 def test_surrogates_are_trained_only_when_a_defense_uses_them(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
     s = Session("digits", cache=cache, model_opts={"epochs": 1})
-    ctx = s.fit_context()
+    ctx = s.models.fit_context()
     trained = sorted(p.name for p in (tmp_path / "classifiers").glob("*.safetensors"))
     assert len(trained) == 1 and trained[0].startswith("digits-cnn-")  # the target only
     assert isinstance(ctx.surrogates, LazyModels) and not ctx.surrogates.made
@@ -68,8 +68,8 @@ def test_surrogates_are_trained_only_when_a_defense_uses_them(tmp_path: Path) ->
     assert ctx.surrogates.made and len(ctx.surrogates) == 1
     assert isinstance(surrogate, nn.Module) and [*ctx.surrogates] == [surrogate]
     assert len(list((tmp_path / "classifiers").glob("*.safetensors"))) == 2
-    assert key_before == [m.key for m in s.surrogates]  # the key never needed the weights
-    assert s.fit_context().key == ctx.key
+    assert key_before == [m.key for m in s.models.surrogates]  # the key never needed the weights
+    assert s.models.fit_context().key == ctx.key
 
 
 def test_pending_classifier_key_equals_the_loaded_key(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_a_defense_is_the_same_whether_its_surrogate_was_cached_or_trained_now(
         s = Session("digits", cache=Cache(cache_dir), model_opts={"epochs": 1}, fit_images=40,
                     defense_opts=tiny)
         if surrogates_first:
-            s.surrogates  # noqa: B018 - trains and caches them before the defense's fit
+            s.models.surrogates  # noqa: B018 - trains and caches them before the defense's fit
         return s.defense("lgd").state_dict()
 
     cold, warm = lgd_weights(tmp_path / "a", False), lgd_weights(tmp_path / "b", True)
@@ -116,10 +116,10 @@ def test_a_guide_trains_the_defense_against_another_model(tmp_path: Path) -> Non
     model (its key in the weight key, the target among the other models) and names the row."""
     guided = Session("digits", cache=Cache(tmp_path), defense_opts={"lgd.guide": "cnn3x3"})
     plain = Session("digits", cache=Cache(tmp_path))
-    second = plain.pending_surrogates[0]
-    key = guided.fit_key("lgd")
+    second = plain.models.pending_surrogates[0]
+    key = guided.models.fit_key("lgd")
     assert key["classifier"] == second.key and key["surrogates"] == [plain.pending_target.key]
-    assert plain.fit_key("lgd")["classifier"] == plain.pending_target.key
+    assert plain.models.fit_key("lgd")["classifier"] == plain.pending_target.key
     assert guided.defense_id("lgd")["guide"] == "cnn3x3" and "guide" not in plain.defense_id("lgd")
     assert guided.defense_id("lgd")["weights"] != plain.defense_id("lgd")["weights"]
     assert guided.defense_params("lgd") == plain.defense_params("lgd")
@@ -152,8 +152,8 @@ def test_a_composite_gets_its_parts_as_they_run_alone(tmp_path: Path) -> None:
     guided = Session("digits", cache=Cache(tmp_path), defense_opts={"lgd.guide": "cnn3x3"})
     assert pairs.parts("ensemble").defenses == ("lgd", "lgd@cnn3x3")
     assert pairs.defense_id("lgd@cnn3x3") == guided.defense_id("lgd")
-    assert pairs.spec("lgd@cnn") == "lgd" and pairs.spec("lgd@cnn3x3") == "lgd@cnn3x3"
-    assert guided.spec("lgd@cnn") == "lgd@cnn"  # its own target, where lgd alone is guided
+    assert pairs.models.spec("lgd@cnn") == "lgd" and pairs.models.spec("lgd@cnn3x3") == "lgd@cnn3x3"
+    assert guided.models.spec("lgd@cnn") == "lgd@cnn"  # its own target, where lgd alone is guided
     assert "guide" not in guided.defense_id("lgd@cnn")
 
 

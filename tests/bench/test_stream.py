@@ -13,7 +13,7 @@ import torch
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.errors import CheckpointError
-from bench.runner import Runner
+from bench.executors import run_grid
 from bench.session import Session
 from bench.store import Store
 from bench.stream import DiskTensor, DiskWriter, Rows, digest, take
@@ -78,13 +78,13 @@ def test_a_streamed_slice_gives_the_store_of_one_in_memory(
     cfg = RunConfig(datasets=("digits",), defenses=("none", "bitdepth"),
                     attacks=("fgsm", "pgd10", "adaptive"), n=90, batch_size=40,
                     model_opts={"epochs": 1}, attack_opts={"steps": 3, "n_queries": 20})
-    Runner(cfg, Store(tmp_path / "memory.sqlite"), Cache(tmp_path / "c1")).run()
+    run_grid(cfg, Store(tmp_path / "memory.sqlite"), Cache(tmp_path / "c1"))
     monkeypatch.setenv("BENCH_STREAM_BYTES", "1")
     s = Session("digits", n=90, batch_size=40, cache=Cache(tmp_path / "c2"),
                 model_opts={"epochs": 1})
     assert isinstance(s.test[0], DiskTensor)
     assert s.slice_id == Session("digits", n=90).slice_id  # the same slice, the same identity
-    Runner(cfg, Store(tmp_path / "disk.sqlite"), Cache(tmp_path / "c2")).run()
+    run_grid(cfg, Store(tmp_path / "disk.sqlite"), Cache(tmp_path / "c2"))
     assert per_sample(tmp_path / "disk.sqlite") == per_sample(tmp_path / "memory.sqlite")
     sets = list((tmp_path / "c2" / "adversarial").glob("*.d"))
     assert len(sets) == 3 and all((d / "meta.json").exists() for d in sets)  # + transfer APGD

@@ -14,8 +14,8 @@ from bench.attack import Attack
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.errors import BenchError, ConfigError
+from bench.executors import run_grid
 from bench.registry import ATTACKS, DEFENSES, Entry
-from bench.runner import Runner
 from bench.session import Session
 from bench.store import Store
 from bench.threat import EOT, Threat, attacked_model, eot_draws
@@ -29,7 +29,7 @@ N = 40
 def _run(tmp: Path, **cfg: Any) -> Store:
     store = Store(tmp / "s.sqlite")
     base = {"datasets": ("digits",), "n": N, "model_opts": {"epochs": 1}}
-    Runner(RunConfig(**{**base, **cfg}), store, Cache(tmp / "cache")).run()
+    run_grid(RunConfig(**{**base, **cfg}), store, Cache(tmp / "cache"))
     return store
 
 
@@ -172,10 +172,10 @@ def test_eot_applies_to_whitebox_gradient_attacks_on_randomized_defenses_only() 
     assert eot_draws(Threat.OBLIVIOUS, noisy, 20) == 1
     assert eot_draws(Threat.WHITEBOX, plain, 20) == 1
     net = torch.nn.Identity()
-    model, key = attacked_model(Threat.WHITEBOX, net, noisy, eot=20)
-    assert isinstance(model, EOT) and key.endswith(":eot20")
-    model, key = attacked_model(Threat.TRANSFER, net, noisy, source=(net, "k1"))
-    assert model is net and key == "source:k1"
+    model, target = attacked_model(Threat.WHITEBOX, net, noisy, eot=20)
+    assert isinstance(model, EOT) and target.key.endswith(":eot20")
+    model, target = attacked_model(Threat.TRANSFER, net, noisy, source=(net, "k1"))
+    assert model is net and target.key == "source:k1"
     with pytest.raises(ConfigError, match="--source-model"):
         attacked_model(Threat.TRANSFER, net, noisy)
 

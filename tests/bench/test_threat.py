@@ -10,7 +10,7 @@ from torch import nn
 
 from bench.defense import MODEL, Defense
 from bench.errors import ConfigError
-from bench.threat import Pipeline, Threat, attacked_model, uses_bpda
+from bench.threat import Pipeline, Target, Threat, attacked_model, uses_bpda
 
 SHAPE = (1, 4, 4)
 
@@ -80,27 +80,42 @@ def test_parse_takes_the_enum_or_its_value() -> None:
 @pytest.mark.parametrize("cls", [Keep, Round, Replace])
 def test_oblivious_attacks_the_bare_classifier(cls: type[Defense],
                                                classifier: nn.Module) -> None:
-    assert attacked_model(Threat.OBLIVIOUS, classifier, cls(SHAPE, 3)) == (classifier,
-                                                                             "classifier")
+    model, target = attacked_model(Threat.OBLIVIOUS, classifier, cls(SHAPE, 3))
+    assert model is classifier and target.key == "classifier" and target.shared
 
 
 def test_whitebox_on_the_undefended_baseline_attacks_the_bare_classifier(
         classifier: nn.Module) -> None:
     """The same model as under ``oblivious``, so the two threats share one adversarial set."""
-    assert attacked_model(Threat.WHITEBOX, classifier, Keep(SHAPE, 3)) == (classifier,
-                                                                           "classifier")
+    model, target = attacked_model(Threat.WHITEBOX, classifier, Keep(SHAPE, 3))
+    assert model is classifier and target == Target(Threat.OBLIVIOUS) and target.shared
 
 
 @pytest.mark.parametrize("cls", [Round, Replace])
 def test_whitebox_attacks_the_adaptive_pipeline(cls: type[Defense],
                                                 classifier: nn.Module) -> None:
     defense = cls(SHAPE, 3)
-    model, key = attacked_model(Threat.WHITEBOX, classifier, defense)
+    model, target = attacked_model(Threat.WHITEBOX, classifier, defense)
     assert isinstance(model, Pipeline) and model.adaptive
     assert model.classifier is classifier and model.defense is defense
-    assert key == f"defense:{cls.__name__}"
+    assert target.key == f"defense:{cls.__name__.lower()}" and not target.shared
     defense.registry_name = "tmp-name"
-    assert attacked_model(Threat.WHITEBOX, classifier, defense)[1] == "defense:tmp-name"
+    assert attacked_model(Threat.WHITEBOX, classifier, defense)[1].key == "defense:tmp-name"
+
+
+def test_a_target_keys_its_sets_as_stored_sets_were_keyed() -> None:
+    """The keys every stored adversarial set was written under: a changed spelling would
+    recompute every cached set (and orphan the stored ones)."""
+    keep, rnd = Keep(SHAPE, 3), Round(SHAPE, 3)
+    rnd.registry_name = "round"
+    assert Target.of(Threat.OBLIVIOUS, rnd).key == "classifier"
+    assert Target.of(Threat.TRANSFER, keep, source="abc").key == "source:abc"
+    assert Target.of(Threat.WHITEBOX, rnd).key == "defense:round"
+    assert Target.of(Threat.WHITEBOX, rnd, eot=5, identity="f00").key == "defense:round:eot5:f00"
+    assert Target.of(Threat.WHITEBOX, rnd, eot=1, identity="f00").key == "defense:round:f00"
+    assert [Target.of(t, rnd, source="k").shared for t in Threat] == [True, False, True]
+    with pytest.raises(ConfigError, match="--source-model"):
+        Target.of(Threat.TRANSFER, rnd)
 
 
 def test_the_pipeline_computes_the_defended_model(classifier: nn.Module,

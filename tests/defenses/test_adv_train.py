@@ -10,10 +10,7 @@ from torch import nn
 from bench.cache import Cache
 from bench.data import Digits
 from bench.defense import FitContext, fit_or_load
-from bench.errors import ConfigError
-from bench.models import CNN3x3, PaperCNN
-from bench.registry import DEFENSES
-from defenses._adv_train import (
+from bench.defenses._adv_train import (
     PAPER_MILESTONES,
     PGDRecipe,
     Schedule,
@@ -23,7 +20,10 @@ from defenses._adv_train import (
     train_step,
     travel_step,
 )
-from defenses.at_pgd import MadryAT
+from bench.defenses.at_pgd import MadryAT
+from bench.errors import ConfigError
+from bench.models import CNN3x3, PaperCNN
+from bench.registry import DEFENSES
 from tests.attacks.helpers import train_logistic
 from tests.conftest import TinyNet
 

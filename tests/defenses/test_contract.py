@@ -24,8 +24,9 @@ from bench.cache import Cache
 from bench.config import RunConfig
 from bench.data import Digits
 from bench.defense import MODEL, PREPROCESSOR, Defense, FitContext, fit_or_load, split_spec
+from bench.executors import run_grid
+from bench.plan import Planner
 from bench.registry import ATTACKS, DEFENSES, Entry
-from bench.runner import Runner
 from bench.session import Session
 from bench.store import Store
 from bench.threat import Pipeline, Threat, attacked_model
@@ -245,18 +246,18 @@ def test_the_runner_attacks_the_defended_pipeline_under_whitebox(
     """The runner's whitebox cell holds the outcome of FGSM computed through the defense, its
     oblivious cell that of FGSM on the bare classifier, and the two differ."""
     sessions: list[Session] = []
-    checked = Runner.sessions
+    checked = Planner.sessions
 
-    def spy(self: Runner) -> list[Session]:
-        sessions.extend(checked(self))
+    def spy(self: Planner, *args: Any) -> list[Session]:
+        sessions.extend(checked(self, *args))
         return sessions
 
-    monkeypatch.setattr(Runner, "sessions", spy)
+    monkeypatch.setattr(Planner, "sessions", spy)
     cfg = RunConfig(datasets=("digits",), defenses=(flip,), attacks=("fgsm",),
                     threats=("oblivious", "whitebox"), n=40, eps=(0.2,),
                     model_opts={"epochs": 1})
     store = Store(tmp_path / "r.sqlite")
-    Runner(cfg, store, Cache(tmp_path / "cache")).run()
+    run_grid(cfg, store, Cache(tmp_path / "cache"))
 
     (s,) = sessions
     classifier, defense = s.classifier, s.defense(flip)

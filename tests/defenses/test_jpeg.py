@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.defenses import jpeg
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
-from defenses import jpeg
 
 
 def smooth_images(n: int, c: int, size: int = 28) -> torch.Tensor:

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from bench.defenses._lossnet import FeatureNet, feature_extractor, resolve_source, weight_path
 from bench.errors import CheckpointError, ConfigError
-from defenses._lossnet import FeatureNet, feature_extractor, resolve_source, weight_path
 
 PAPER = [9, 16, 29]  # pool2, pool3, relu5_3 of VGG-16
 

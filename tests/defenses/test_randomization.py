@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.defenses.randomization import draw_transforms, pad_and_resize, paper_pad_to
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
-from defenses.randomization import draw_transforms, pad_and_resize, paper_pad_to
 
 
 def build(shape: tuple[int, int, int] = (1, 28, 28), **opts: object) -> torch.nn.Module:

@@ -12,17 +12,17 @@ import torch.nn.functional as F
 from bench.cache import Cache
 from bench.data import Digits
 from bench.defense import MODEL, FitContext, fit_or_load
-from bench.errors import ConfigError
-from bench.registry import DEFENSES
-from defenses.feature_denoising._blocks import (
+from bench.defenses.feature_denoising._blocks import (
     Bilateral,
     DenoisingBlock,
     MeanFilter,
     MedianFilter,
     NonLocalMeans,
 )
-from defenses.feature_denoising._resnet import DenoisingResNet, ResidualBlock, backbone
-from defenses.feature_denoising.feature_denoising import FeatureDenoisingNet
+from bench.defenses.feature_denoising._resnet import DenoisingResNet, ResidualBlock, backbone
+from bench.defenses.feature_denoising.feature_denoising import FeatureDenoisingNet
+from bench.errors import ConfigError
+from bench.registry import DEFENSES
 from tests.conftest import TinyNet
 
 VARIANTS = ["fd-nonlocal-gauss", "fd-nonlocal-dot", "fd-bilateral", "fd-bilateral-dot", "fd-mean",

@@ -1,4 +1,4 @@
-"""Tests of the block DCT and GCLN's quantized nonlinear transform (defenses/_dct.py)."""
+"""Tests of the block DCT and GCLN's quantized nonlinear transform (defenses/gcln/_dct.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import pytest
 import scipy.fft
 import torch
 
-from bench.errors import ConfigError
-from defenses.gcln._dct import (
+from bench.defenses.gcln._dct import (
     QuantizedTransform,
     block_dct,
     block_idct,
@@ -16,6 +15,7 @@ from defenses.gcln._dct import (
     quantize,
     ste_round,
 )
+from bench.errors import ConfigError
 
 
 def _images(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests of GCLN (defenses/gcln.py, defenses/_gcln_nets.py): variants, networks, gradients, the
+"""Tests of GCLN (defenses/gcln/gcln.py, defenses/gcln/_nets.py): variants, networks, gradients, the
 clean pool, the generator loss and a tiny training run."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from torch.utils.data import TensorDataset
 from bench.cache import Cache
 from bench.data import BenchDataset
 from bench.defense import FitContext, fit_or_load
+from bench.defenses._lossnet import feature_extractor
+from bench.defenses.gcln._dct import QuantizedTransform
+from bench.defenses.gcln._nets import CleanPool, Generator, detector
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
 from bench.threat import Threat, uses_bpda
-from defenses._lossnet import feature_extractor
-from defenses.gcln._dct import QuantizedTransform
-from defenses.gcln._nets import CleanPool, Generator, detector
 
 TINY = {"epochs": 1, "batch_size": 8, "attack_steps": 2, "width": 4, "blocks": 1}
 
@@ -200,7 +200,7 @@ def test_mnist_gcln_beats_no_defense_on_a_small_slice(mnist_root, tmp_path) -> N
     images): GCLN keeps the clean accuracy and far more FGSM accuracy than no defense; the
     whitebox row is marked BPDA and records the loss network."""
     from bench.config import RunConfig
-    from bench.runner import Runner
+    from bench.executors import run_grid
     from bench.store import Store
 
     cfg = RunConfig(datasets=("mnist",), defenses=("none", "gcln-q10"), attacks=("fgsm",),
@@ -208,7 +208,7 @@ def test_mnist_gcln_beats_no_defense_on_a_small_slice(mnist_root, tmp_path) -> N
                     data_root=str(mnist_root), model_opts={"epochs": 1, "train_images": 20000},
                     fit_images=1000)
     store = Store(tmp_path / "r.sqlite")
-    Runner(cfg, store, Cache(tmp_path / "cache")).run()
+    run_grid(cfg, store, Cache(tmp_path / "cache"))
     df = store.frame()
     assert len(df) == 4
     row = {(r.defense, r.threat): r for r in df.itertuples()}

@@ -11,11 +11,11 @@ from torch.utils.data import TensorDataset
 from bench.cache import Cache
 from bench.data import BenchDataset
 from bench.defense import FitContext, fit_or_load
+from bench.defenses.hgd import hgd
+from bench.defenses.hgd._trainset import ifgsm
+from bench.defenses.hgd._unet import PAPER_FEEDBACK, PAPER_FORWARD, ConvBNReLU, default_widths
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
-from defenses.hgd import hgd
-from defenses.hgd._trainset import ifgsm
-from defenses.hgd._unet import PAPER_FEEDBACK, PAPER_FORWARD, ConvBNReLU, default_widths
 from tests.conftest import TinyNet
 
 VARIANTS = ("dae", "dunet", "dunet-x2", "fgd", "lgd", "cgd")

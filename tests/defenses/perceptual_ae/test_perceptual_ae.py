@@ -10,16 +10,16 @@ import torch
 from bench.cache import Cache
 from bench.data import Digits
 from bench.defense import FitContext, fit_or_load
-from bench.errors import ConfigError
-from bench.registry import DEFENSES
-from defenses._lossnet import feature_extractor
-from defenses.perceptual_ae._perceptual import (
+from bench.defenses._lossnet import feature_extractor
+from bench.defenses.perceptual_ae._perceptual import (
     ConvAutoencoder,
     adversarial_set,
     perceptual_loss,
     to_gray28,
 )
-from defenses.perceptual_ae.perceptual_ae import PerceptualAE
+from bench.defenses.perceptual_ae.perceptual_ae import PerceptualAE
+from bench.errors import ConfigError
+from bench.registry import DEFENSES
 from tests.conftest import TinyNet
 
 PAPER_WEIGHTS = (0.00048, 0.00024, 0.00012, 0.0013)  # alpha, beta, gamma, delta (section 4.2)

@@ -1,10 +1,9 @@
 """The classifiers of a session by role: the target, the other models of the dataset (HGD's
 surrogates), the transfer threat's source model, a trainable defense's guide (the model it is
-trained against when it is not the target, HGD's Table 4 setting) and the parts of a composite
-defense (its defenses, possibly guided by other models, and its classifiers; HGD's Appendix C).
+trained against when it is not the target, HGD's Table 4 setting) and what a defense's weights
+are trained against (its fit key and context).
 
-A mixin of :class:`bench.session.Session` (it reads the session's dataset, options, cache,
-device and seed); every model is built with its weight key known before anything is trained.
+Every model is built with its weight key known before anything is trained.
 """
 
 from __future__ import annotations
@@ -12,9 +11,13 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
+import torch
 from torch import nn
 
-from bench.defense import PREPROCESSOR, FitContext, LazyModels, Parts, split_spec
+from bench.cache import Cache
+from bench.config import RunConfig
+from bench.data import BenchDataset
+from bench.defense import FitContext, LazyModels, split_spec
 from bench.errors import ConfigError
 from bench.models import LoadedModel, PendingClassifier, recipe_options
 from bench.options import scoped
@@ -22,21 +25,30 @@ from bench.registry import DEFENSES
 
 
 class ModelRoles:
-    """Target, surrogates, transfer source and guides of a session (see the module docstring)."""
+    """Target, surrogates, transfer source and guides of a session (see the module docstring).
 
-    dataset: Any
-    info: Any
-    model_name: str
-    model_opts: dict[str, Any]
-    defense_opts: dict[str, Any]
-    source_model: str | None
-    cache: Any
-    device: Any
-    seed: int
-    fit_images: int | None
-    train_precision: str  # --train-precision: named in a defense's fit key when not fp32
-    built: Any  # Session.built / Session.unsupported
-    unsupported: Any
+    Args:
+        dataset: the session's dataset.
+        model_name: the target classifier's name.
+        cfg: the run's configuration (model and defense options, the transfer source, seed,
+            training budget and precision).
+        cache: where weights are cached.
+        device: where the models run.
+    """
+
+    def __init__(self, dataset: BenchDataset, model_name: str, cfg: RunConfig, cache: Cache,
+                 device: torch.device) -> None:
+        self.dataset = dataset
+        self.info = dataset.info
+        self.model_name = model_name
+        self.model_opts = cfg.model_opts
+        self.defense_opts = cfg.defense_opts
+        self.source_model = cfg.source_model
+        self.seed = cfg.seed
+        self.fit_images = cfg.fit_images
+        self.train_precision = cfg.train_precision  # named in a defense's fit key when not fp32
+        self.cache = cache
+        self.device = device
 
     def _model_opts(self, name: str, target: bool) -> dict[str, Any]:
         """The options of classifier ``name``: ``name.key`` ones, and bare ones (only their
@@ -154,40 +166,6 @@ class ModelRoles:
         """Classifier ``name`` of the dataset with its weights (trained and cached if needed)."""
         return self.classifier if name == self.model_name else \
             self.pending_named(name).load().model
-
-    def models_of(self, name: str) -> list[str]:
-        """The dataset's models that defense ``name`` needs besides the target: its guide and a
-        composite's models, its parts' included (what an executor trains before the defense)."""
-        parts = self.parts(name)
-        out = [*([self.guide(name)] if self.guide(name) else []), *parts.models]
-        for p in parts.defenses:
-            out += self.models_of(p)
-        return list(dict.fromkeys(out))
-
-    def parts(self, name: str) -> Parts:
-        """Composite defense ``name``'s parts, its defenses in canonical form
-        (:meth:`~bench.models.roles.ModelRoles.spec`); empty for any other defense."""
-        p = self.built(name).parts(self.model_names)
-        for m in p.models:
-            if m not in self.info.models:
-                raise ConfigError(f"Defense {name}: model {m!r} is not a model of "
-                                  f"{self.info.name}; use {', '.join(self.info.models)}.")
-        return Parts(tuple(self.spec(d) for d in p.defenses), tuple(p.models))
-
-    def _check_parts(self, name: str, parts: Parts) -> bool:
-        """Check composite defense ``name``'s parts (one-line ConfigError); whether one of them,
-        or one of its models, is trained."""
-        trains = False
-        for part in parts.defenses:
-            why = self.unsupported(part)
-            if why:
-                raise ConfigError(f"Defense {name}: its part {part} cannot run on "
-                                  f"{self.info.name}: {why}.")
-            if self.built(part).kind != PREPROCESSOR:
-                raise ConfigError(f"Defense {name}: its part {part} is a whole classifier; a "
-                                  f"composite's defenses are preprocessors (e.g. lgd, none).")
-            trains |= self.built(part).needs_training | self._check_parts(part, self.parts(part))
-        return trains or any(not self.pending_named(m).spec["pretrained"] for m in parts.models)
 
     def _fit_models(self, name: str | None) -> tuple[PendingClassifier, list[PendingClassifier]]:
         """The classifier defense ``name`` is trained against, and the other models (HGD's

@@ -1,14 +1,12 @@
-"""Executors: how a grid's groups of cells run. They change where and when a cell is computed,
-never what it computes: every executor gives the same store, cell by cell and per sample.
-
-``local`` runs the groups one after another in this process. ``ray`` runs them as Ray tasks on a
-local instance or a cluster (``--ray-address ADDR`` or ``$RAY_ADDRESS``):
+"""The Ray executor: a grid's groups as Ray tasks on a local instance or a cluster
+(``--ray-address ADDR`` or ``$RAY_ADDRESS``); the driver alone writes the store:
 
 * **Preparation tasks** first, per (dataset, model) session: one trains (or loads) the classifier
   and every other model the grid needs (the transfer source, the guides and parts of its
   defenses); then one task per adversarial set that does not depend on a defense (oblivious sets,
   crafted on the classifier, and transfer sets, crafted on the source) computes it once, and one
-  task per trainable part of the grid's composite defenses fits it once (:func:`shared_fits`).
+  task per trainable part of the grid's composite defenses fits it once
+  (:meth:`~bench.session.defenses.SessionDefenses.shared_fits`).
 * **Group tasks**, one per (dataset, model, defense): fit the defense (or load its weights) and
   evaluate its cells, reading the shared sets back. They wait for their session's preparation.
 * **Sharing** goes through the shared cache directory (``$BENCH_CACHE_DIR``, on a filesystem every
@@ -36,33 +34,23 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from bench.cache import Cache
+from bench.cells import Provenance, evaluate_group
 from bench.config import RunConfig, data_root
 from bench.errors import BenchError, ConfigError
-
-if TYPE_CHECKING:
-    from bench.runner import Group, Runner
-    from bench.store import CellResult
+from bench.executors.base import Executor
+from bench.plan import Group, Planner
+from bench.registry import REGISTRIES
+from bench.session import Session
+from bench.store import CellResult
+from bench.threat import Threat
 
 log = logging.getLogger(__name__)
 RAY_RETRIES = 3  # a group task whose worker died is run again this many times
-
-
-class LocalExecutor:
-    """The groups one after another in this process."""
-
-    name = "local"
-
-    def batch_size(self, runner: Runner, session: Any, defenses: list[str]) -> dict[str, Any]:
-        """``--batch-size auto`` for ``session``'s grid of ``defenses``, probed here."""
-        return session.resolve_batch_size(defenses)
-
-    def run(self, runner: Runner, groups: list[Group]) -> Iterator[CellResult]:
-        for g in groups:
-            yield from runner.evaluate(g.session, g.defense, g.cells)
 
 
 def import_ray() -> Any:
@@ -94,8 +82,6 @@ def connect(address: str | None = None) -> Any:
 def shipped_plugins() -> dict[str, list[Any]]:
     """Registry kind -> the entries registered outside the built-in packages (a script's own
     plugins, which a worker would not have imported)."""
-    from bench.registry import REGISTRIES
-
     out = {}
     for kind, reg in REGISTRIES.items():
         reg.load()
@@ -106,31 +92,23 @@ def shipped_plugins() -> dict[str, list[Any]]:
 
 
 def _adopt(plugins: dict[str, list[Any]]) -> None:
-    from bench.registry import REGISTRIES
-
     for kind, entries in plugins.items():
         REGISTRIES[kind].adopt(entries)
 
 
-def _worker_runner(cfg: RunConfig, cache_root: str, threads: int,
-                   plugins: dict[str, list[Any]]) -> Runner:
-    """A runner inside a task, set to the task's CPU share (before ``versions()`` records the
+def _worker_planner(cfg: RunConfig, cache_root: str, threads: int,
+                    plugins: dict[str, list[Any]]) -> Planner:
+    """A planner inside a task, set to the task's CPU share (before ``versions()`` records the
     thread count)."""
-    from bench.cache import Cache
-    from bench.runner import Runner
-
     torch.set_num_threads(threads)
     _adopt(plugins)
-    return Runner(cfg, store=None, cache=Cache(cache_root))  # type: ignore[arg-type]
+    return Planner(cfg, Cache(cache_root))
 
 
-def _session(runner: Runner, dataset: str, model: str, batches: dict[str, Any]) -> Any:
+def _session(planner: Planner, dataset: str, model: str, batches: dict[str, Any]) -> Session:
     """The task's session; ``batches``: each session's ``--batch-size auto`` as the driver
     resolved it (by ``dataset/model``), so that a worker plans the driver's cells."""
-    from bench.session import Session
-
-    return Session.for_config(runner.cfg, dataset, model, cache=runner.cache,
-                              batch_auto=batches.get(f"{dataset}/{model}"))
+    return planner.session(dataset, model, batch_auto=batches.get(f"{dataset}/{model}"))
 
 
 def probe_batch(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
@@ -138,7 +116,7 @@ def probe_batch(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str
                 defenses: list[str]) -> dict[str, Any]:
     """Task: ``--batch-size auto`` of a session, probed on a worker (a GPU one when the cluster
     has GPUs: the hardware the cells run on, not the driver's)."""
-    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model, batches)
+    s = _session(_worker_planner(cfg, cache_root, threads, plugins), dataset, model, batches)
     return s.resolve_batch_size(defenses)
 
 
@@ -148,7 +126,7 @@ def prepare_models(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[
     """Task: train (or load) the session's classifier, the models in ``others`` and, with
     ``source``, the transfer source, into the shared cache; return the wall time."""
     t0 = time.perf_counter()
-    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model, batches)
+    s = _session(_worker_planner(cfg, cache_root, threads, plugins), dataset, model, batches)
     s.classifier  # noqa: B018 - trains and caches
     for m in others:
         s.model_named(m)
@@ -157,24 +135,12 @@ def prepare_models(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[
     return time.perf_counter() - t0
 
 
-def shared_fits(session: Any, defenses: list[str]) -> list[str]:
-    """The trainable parts of the composite defenses among ``defenses`` (canonical ``NAME`` or
-    ``NAME@MODEL``, each once): fitted by one task before the groups that use them, which would
-    otherwise each fit them (an ensemble's LGDs, and the grid's own ``lgd`` group)."""
-    out: list[str] = []
-    for name in defenses:
-        for part in session.parts(name).defenses:
-            if part not in out and session.built(part).needs_training:
-                out.append(part)
-    return out
-
-
 def prepare_defense(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
                     batches: dict[str, Any], dataset: str, model: str, defense: str,
                     *after: Any) -> float:
     """Task: fit (or load) defense ``defense`` into the shared cache; return the wall time."""
     t0 = time.perf_counter()
-    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model, batches)
+    s = _session(_worker_planner(cfg, cache_root, threads, plugins), dataset, model, batches)
     s.defense(defense)
     return time.perf_counter() - t0
 
@@ -184,41 +150,36 @@ def prepare_set(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str
                 threat: str, *after: Any) -> float:
     """Task: compute one adversarial set that no defense is part of (oblivious or transfer) into
     the shared cache; return the wall time. ``after``: the preparation it waits for."""
-    from bench.threat import Threat
-
     t0 = time.perf_counter()
-    s = _session(_worker_runner(cfg, cache_root, threads, plugins), dataset, model, batches)
-    s.shared_adversarial(s.attack(attack, eps), Threat(threat))
+    s = _session(_worker_planner(cfg, cache_root, threads, plugins), dataset, model, batches)
+    s.sets.shared(s.attack(attack, eps), Threat(threat))
     return time.perf_counter() - t0
 
 
-def evaluate_group(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
+def group_task(cfg: RunConfig, cache_root: str, threads: int, plugins: dict[str, list[Any]],
                    batches: dict[str, Any], dataset: str, model: str, defense: str,
                    hashes: list[str], *after: Any) -> list[CellResult]:
     """Task: the results of cells ``hashes`` of ``defense``, planned again here and checked to
     be the driver's (a worker with other code or data plans other cells: an error, never a
     mislabelled result)."""
-    runner = _worker_runner(cfg, cache_root, threads, plugins)
-    s = _session(runner, dataset, model, batches)
-    planned = {c.hash: c for c in runner.plan(s, defense)}
+    planner = _worker_planner(cfg, cache_root, threads, plugins)
+    s = _session(planner, dataset, model, batches)
+    planned = {c.hash: c for c in planner.plan(s, defense)}
     missing = [h for h in hashes if h not in planned]
     if missing:
         raise BenchError(f"A Ray worker planned other cells for {dataset}/{model}/{defense} than "
                          f"the driver ({len(missing)} of {len(hashes)} hashes differ): install "
                          f"the same bench version and give every node the same data root and "
                          f"cache.")
-    return list(runner.evaluate(s, defense, [planned[h] for h in hashes]))
+    return list(evaluate_group(s, defense, [planned[h] for h in hashes], Provenance()))
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Groups as Ray tasks (see the module's docstring); this process writes the store."""
 
     name = "ray"
 
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
-
-    def _setup(self, runner: Runner, batches: dict[str, Any]) -> tuple[Any, tuple[Any, ...],
+    def _setup(self, batches: dict[str, Any]) -> tuple[Any, tuple[Any, ...],
                                                                        dict[str, Any]]:
         """Ray, the arguments every task starts with, and the tasks' options."""
         ray = connect(self.cfg.ray_address)
@@ -226,32 +187,30 @@ class RayExecutor:
         threads = self.cfg.ray_cpus
         # Workers resolve paths as the driver does, on every node (a shared data root and cache).
         cfg = dataclasses.replace(self.cfg, data_root=str(data_root(self.cfg.data_root)))
-        common = (cfg, str(runner.cache.root.resolve()), threads, shipped_plugins(), batches)
+        common = (cfg, str(self.cache.root.resolve()), threads, shipped_plugins(), batches)
         opts = {"num_cpus": threads, "num_gpus": gpus, "max_retries": RAY_RETRIES,
                 "retry_exceptions": False}
         return ray, common, opts
 
-    def batch_size(self, runner: Runner, session: Any, defenses: list[str]) -> dict[str, Any]:
+    def probe(self, session: Session, defenses: list[str]) -> dict[str, Any]:
         """``--batch-size auto`` for ``session``, probed by a task on a worker like those that
         will run its cells (one GPU when the cluster has any)."""
-        ray, common, opts = self._setup(runner, {})
+        ray, common, opts = self._setup({})
         task = ray.remote(probe_batch).options(name="bench_probe_batch", **opts)
         return ray.get(task.remote(*common, session.info.name, session.model_name,
                                    list(defenses)))
 
-    def run(self, runner: Runner, groups: list[Group]) -> Iterator[CellResult]:
+    def evaluate(self, planner: Planner, groups: list[Group]) -> Iterator[CellResult]:
         if not groups:
             return
-        from bench.threat import Threat
-
         batches = {f"{g.session.info.name}/{g.session.model_name}": g.session.batch_auto
                    for g in groups if g.session.batch_auto is not None}
-        ray, common, opts = self._setup(runner, batches)
+        ray, common, opts = self._setup(batches)
         threads, gpus = opts["num_cpus"], opts["num_gpus"]
         models_task = ray.remote(prepare_models).options(name="bench_prepare_models", **opts)
         set_task = ray.remote(prepare_set).options(name="bench_prepare_set", **opts)
         fit_task = ray.remote(prepare_defense).options(name="bench_prepare_defense", **opts)
-        group_task = ray.remote(evaluate_group).options(name="bench_cells", **opts)
+        cells_task = ray.remote(group_task).options(name="bench_cells", **opts)
 
         sessions: dict[tuple[str, str], list[Group]] = {}
         for g in groups:
@@ -259,20 +218,19 @@ class RayExecutor:
         pending: dict[Any, Group] = {}
         for (ds, model), gs in sessions.items():
             s = gs[0].session
-            others = sorted({m for g in gs for m in s.models_of(g.defense)} - {model})
-            shared = {(c.attack.name, c.eps, t.value) for g in gs for c in g.cells
-                      if (t := s.shared_threat(c.attack, c.threat, g.defense)) is not None}
+            others = sorted({m for g in gs for m in s.defenses.models_of(g.defense)} - {model})
+            shared = {(a.name, a.eps, t.value) for g in gs for a, t in g.shared_sets()}
             source = any(t == Threat.TRANSFER.value for *_, t in shared) or any(
                 "source" in c.config for g in gs for c in g.cells)
             ready = models_task.remote(*common, ds, model, others, source)
             sets = [set_task.remote(*common, ds, model, a, e, t, ready)
                     for a, e, t in sorted(shared)]
             fits = {p: fit_task.remote(*common, ds, model, p, ready)
-                    for p in shared_fits(s, [g.defense for g in gs])}
+                    for p in s.defenses.shared_fits([g.defense for g in gs])}
             for g in gs:
                 needs = [fits[p] for p in dict.fromkeys([*s.parts(g.defense).defenses,
                                                          g.defense]) if p in fits]
-                ref = group_task.remote(*common, ds, model, g.defense,
+                ref = cells_task.remote(*common, ds, model, g.defense,
                                         [c.hash for c in g.cells], ready, *sets, *needs)
                 pending[ref] = g
         log.info("ray: %d groups in %d sessions on %s (%d CPU per task%s)", len(pending),
@@ -298,8 +256,3 @@ class RayExecutor:
             log.info("ray: %s/%s/%s done (%d cells)", g.session.info.name,
                      g.session.model_name, g.defense, len(results))
             yield from results
-
-
-def executor_for(cfg: RunConfig) -> LocalExecutor | RayExecutor:
-    """The executor ``cfg.executor`` names."""
-    return RayExecutor(cfg) if cfg.executor == "ray" else LocalExecutor()
