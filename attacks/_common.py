@@ -1,6 +1,6 @@
 """Helpers shared by the attack plugins: step rules, projection, loss gradients, option checks.
 
-Not a plugin (the leading underscore keeps :mod:`attacks` from importing it as one).
+Not a plugin (the leading underscore keeps :mod:`bench.attacks` from importing it as one).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ Example::
 
 from __future__ import annotations
 
-from attacks._common import check_steps
+from bench.attacks._common import check_steps
 from bench.registry import register_attack
 from bench.suite import AttackSuite, Member
 from bench.threat import Threat

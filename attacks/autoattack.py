@@ -50,8 +50,8 @@ import torch
 import torchattacks
 from torch import nn
 
-from attacks._common import check_steps, no_step, torch_seed, untargeted_only
 from bench.attack import TorchAttack
+from bench.attacks._common import check_steps, no_step, torch_seed, untargeted_only
 from bench.errors import ConfigError
 from bench.registry import register_attack
 

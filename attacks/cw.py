@@ -42,8 +42,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks._common import check_alpha, check_steps, input_gradient, pgd_alpha, project
 from bench.attack import Attack
+from bench.attacks._common import check_alpha, check_steps, input_gradient, pgd_alpha, project
 from bench.errors import ConfigError
 from bench.registry import register_attack
 

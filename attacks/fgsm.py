@@ -32,8 +32,8 @@ from typing import Any
 import torchattacks
 from torch import nn
 
-from attacks._common import check_alpha, check_steps
 from bench.attack import TorchAttack
+from bench.attacks._common import check_alpha, check_steps
 from bench.registry import register_attack
 
 

@@ -37,8 +37,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks._common import ce_objective, check_alpha, check_steps, input_gradient, project
 from bench.attack import Attack
+from bench.attacks._common import ce_objective, check_alpha, check_steps, input_gradient, project
 from bench.errors import ConfigError
 from bench.registry import register_attack
 

@@ -36,8 +36,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks._common import no_step, untargeted_only
 from bench.attack import Attack
+from bench.attacks._common import no_step, untargeted_only
 from bench.registry import register_attack
 
 

@@ -38,8 +38,8 @@ import torch
 import torchattacks
 from torch import nn
 
-from attacks._common import check_alpha, check_steps, pgd_alpha
 from bench.attack import TorchAttack
+from bench.attacks._common import check_alpha, check_steps, pgd_alpha
 from bench.errors import ConfigError
 from bench.registry import register_attack
 

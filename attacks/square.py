@@ -38,8 +38,8 @@ from typing import Any
 import torchattacks
 from torch import nn
 
-from attacks._common import check_steps, no_step, torch_seed
 from bench.attack import TorchAttack
+from bench.attacks._common import check_steps, no_step, torch_seed
 from bench.errors import ConfigError
 from bench.registry import register_attack
 

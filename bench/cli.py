@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,train,list,leaderboard,plot}``.
+"""Command line: ``python -m bench {run,train,audit,list,check,leaderboard,plot}``.
 
 Every user error is reported as one line (``error: ...``) with the fix, exit status 2.
 """
@@ -10,17 +10,23 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
+from bench.arguments import (
+    analysis_options,
+    common_options,
+    executor_options,
+    from_config_file,
+    grid_options,
+    positive_int,
+    run_config,
+)
+from bench.check import add_parser as add_check_parser
 from bench.config import (
     ENV_CACHE_DIR,
-    EXECUTORS,
-    PRECISIONS,
-    RunConfig,
     cache_dir,
     check_output_path,
     parse_eps,
-    parse_options,
     results_path,
     split_list,
 )
@@ -38,6 +44,7 @@ EPILOG = """examples:
   python -m bench run --dataset mnist --defense none,lgd --attack fgsm,pgd100 --eps 0.2 --n 1000
   python -m bench run --dataset cifar10 --attack pgd10 --eps 8/255 --threat whitebox
   python -m bench list attacks 'pgd*'
+  python -m bench check blur3 my-fgsm
   python -m bench train --dataset mnist --model cnn
   python -m bench leaderboard --format html --out results
   python -m bench plot amplification --dataset mnist --defense dunet,lgd --attack ifgsm4 --eps 0.2
@@ -60,54 +67,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
-
-
-def _batch_size(text: str) -> int | str:
-    return "auto" if text.strip().lower() == "auto" else _positive_int(text)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    """Options shared by run, train and plot. Defaults are None: the value then comes from the
-    config file, else from :class:`RunConfig`'s defaults (the precedence of ``--config``)."""
-    p.add_argument("--dataset", default=None, help="comma list (default: digits, embedded)")
-    p.add_argument("--model", default=None, help="comma list (default: the dataset's model)")
-    p.add_argument("--data-root", default=None, help="data folder (or $BENCH_DATA_ROOT)")
-    p.add_argument("--download", action="store_true", default=None,
-                   help="let torchvision download data")
-    p.add_argument("--device", default=None,
-                   help="auto (default: CUDA when present), cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=None, help="default 0")
-    p.add_argument("--batch-size", type=_batch_size, default=None,
-                   help="default 250; auto: the batch of the best attack throughput that fits "
-                        "(probed by doubling on this device, cached, recorded in each row)")
-    p.add_argument("--train-precision", choices=PRECISIONS, default=None,
-                   help="defenses' training: fp32 (default, strict), tf32 or bf16 (autocast); "
-                        "part of the weight key")
-    p.add_argument("--attack-precision", choices=PRECISIONS, default=None,
-                   help="attacks: fp32 (default, strict), tf32 or bf16; recorded in the cell "
-                        "(evaluation is always fp32)")
-    p.add_argument("--channels-last", action="store_true", default=None,
-                   help="channels-last weights and batches (faster convolutions on GPUs)")
-    p.add_argument("--no-deterministic", dest="deterministic", action="store_false",
-                   default=None, help="allow CUDA's nondeterministic algorithms (cuDNN "
-                                      "autotuning); default: deterministic")
-    p.add_argument("--fit-images", type=_positive_int, default=None,
-                   help="training images of a defense's recipe (default: the dataset's)")
-    p.add_argument("--defense-opt", action="append", metavar="[NAME.]KEY=VALUE",
-                   help="defense option, e.g. epochs=5 or lgd.epochs=5 (repeatable)")
-    p.add_argument("--model-opt", action="append", metavar="[NAME.]KEY=VALUE",
-                   help="classifier option, e.g. epochs=2, pretrained=false, weights=PATH; "
-                        "cnn3x3.epochs=2 for one model only")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m bench", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -117,35 +76,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a grid and print its leaderboard", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(run)
-    _grid(run)
+    common_options(run)
+    grid_options(run)
     run.set_defaults(func=cmd_run)
 
     train = sub.add_parser("train", help="train (and cache) a classifier and defenses")
-    _common(train)
+    common_options(train)
     train.add_argument("--defense", default="", help="comma list of defenses to fit too")
     train.add_argument("--retrain", action="store_true", help="ignore cached weights")
     train.set_defaults(func=cmd_train)
 
     aud = sub.add_parser("audit", help="run the gradient-masking checks and print the checklist")
-    _common(aud)
+    common_options(aud)
     aud.add_argument("--defense", required=True, help="comma list of defenses to audit")
     aud.add_argument("--eps", default=None, help="one eps (default: the dataset's)")
-    aud.add_argument("--n", type=_positive_int, default=None, help="test images (default 200)")
-    aud.add_argument("--steps", type=_positive_int, default=100,
+    aud.add_argument("--n", type=positive_int, default=None, help="test images (default 200)")
+    aud.add_argument("--steps", type=positive_int, default=100,
                      help="iterations of the iterative attack (doubled by the convergence "
                           "check; default 100)")
-    aud.add_argument("--n-queries", type=_positive_int, default=1000,
+    aud.add_argument("--n-queries", type=positive_int, default=1000,
                      help="queries of the score-based attack (default 1000)")
-    aud.add_argument("--eot", type=_positive_int, default=None,
+    aud.add_argument("--eot", type=positive_int, default=None,
                      help="EOT draws through a randomized defense (default 20)")
-    aud.add_argument("--eval-draws", type=_positive_int, default=None,
+    aud.add_argument("--eval-draws", type=positive_int, default=None,
                      help="forward passes per image of a randomized defense (default 10)")
     aud.add_argument("--source-model", default=None, help="the transfer attack's source model")
     aud.add_argument("--attack-opt", action="append", metavar="[NAME.]KEY=VALUE")
     aud.add_argument("--results", default=None, help="SQLite store (default results/bench.sqlite)")
-    _executor(aud)
+    executor_options(aud)
     aud.set_defaults(func=cmd_audit)
+
+    add_check_parser(sub)  # python -m bench check NAME...: bench/check.py
 
     lst = sub.add_parser("list", help="list registered plugins")
     lst.add_argument("what", choices=sorted(REGISTRIES))
@@ -162,18 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=PLOT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     psub = plot.add_subparsers(dest="plot", required=True)
     amp = psub.add_parser("amplification", help="layer-wise error amplification (HGD Fig. 5)")
-    _analysis(amp)
+    analysis_options(amp)
     amp.add_argument("--matched-noise", action="store_true",
                      help="also plot, per defense, Gaussian noise with the norm of its residual "
                           "x^ - x (dashed): amplification of the residual itself")
     amp.set_defaults(func=cmd_plot_amplification)
     res = psub.add_parser("residual", help="dx* vs predicted dx^ histogram, slope k (HGD Fig. 7)")
-    _analysis(res)
+    analysis_options(res)
     res.set_defaults(func=cmd_plot_residual)
     swp = psub.add_parser("sweep", help="accuracy vs eps, a defense option or an attack option",
                           epilog=PLOT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(swp)
-    _grid(swp)
+    common_options(swp)
+    grid_options(swp)
     swp.add_argument("--param", required=True,
                      help="eps, DEFENSE.OPTION (e.g. bitdepth.bits) or ATTACK.OPTION (pgd10.steps)")
     swp.add_argument("--values", required=True, help="comma list, e.g. 1,2,4,8 or 2/255,8/255")
@@ -182,105 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _grid(p: argparse.ArgumentParser) -> None:
-    """The options of a grid of cells run through an executor (``run``, ``plot sweep``)."""
-    p.add_argument("--defense", default=None, help="comma list of defenses (default: none)")
-    p.add_argument("--attack", default=None, help="comma list of attacks (required)")
-    p.add_argument("--threat", default=None,
-                   help="oblivious,whitebox,transfer (default: oblivious,whitebox)")
-    p.add_argument("--source-model", default=None,
-                   help="transfer threat: the model attacks are crafted on (default: the "
-                        "dataset's second model)")
-    p.add_argument("--eot", type=_positive_int, default=None,
-                   help="EOT draws of a whitebox gradient attack on a randomized defense "
-                        "(default 20)")
-    p.add_argument("--eval-draws", type=_positive_int, default=None,
-                   help="forward passes per image evaluating a randomized defense (default 10)")
-    p.add_argument("--eps", default=None, help="comma list, e.g. 0.2 or 8/255")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first n test images")
-    p.add_argument("--alpha", default=None, help="attack step size, e.g. 0.01 or 2/255")
-    p.add_argument("--targeted", choices=["random", "least-likely"], default=None)
-    p.add_argument("--attack-opt", action="append", metavar="[NAME.]KEY=VALUE")
-    p.add_argument("--results", default=None, help="SQLite store (default results/bench.sqlite)")
-    p.add_argument("--config", default=None, help="JSON file of RunConfig fields")
-    _executor(p)
-
-
-def _executor(p: argparse.ArgumentParser) -> None:
-    """How the grid's cells run (never what they compute: the store is the same)."""
-    p.add_argument("--executor", choices=list(EXECUTORS), default=None,
-                   help="local (default: one cell after another here) or ray (a task per "
-                        "dataset x model x defense on a Ray cluster, this process writing the "
-                        "store)")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join (default $RAY_ADDRESS, else a local instance)")
-    p.add_argument("--ray-cpus", type=_positive_int, default=None,
-                   help="CPUs per Ray task, its torch thread count (default 1)")
-
-
-def _analysis(p: argparse.ArgumentParser) -> None:
-    """The options of a plot of preprocessing defenses on one oblivious adversarial set."""
-    _common(p)
-    p.add_argument("--defense", required=True, help="comma list of preprocessing defenses")
-    p.add_argument("--attack", required=True, help="the oblivious attack, e.g. ifgsm4")
-    p.add_argument("--eps", default=None, help="one eps (default: the dataset's)")
-    p.add_argument("--n", type=_positive_int, default=None, help="test images (default 500)")
-    p.add_argument("--out", default=None, help="folder (default results/plots)")
-
-
-# argparse destination -> RunConfig field, and how the text becomes the field's value
-_FIELDS = {
-    "dataset": ("datasets", split_list), "model": ("models", split_list),
-    "defense": ("defenses", split_list), "attack": ("attacks", split_list),
-    "threat": ("threats", split_list), "eps": ("eps", split_list), "n": ("n", None),
-    "seed": ("seed", None), "alpha": ("alpha", None), "targeted": ("targeted", None),
-    "batch_size": ("batch_size", None), "device": ("device", None),
-    "download": ("download", None), "data_root": ("data_root", None),
-    "results": ("results", None), "fit_images": ("fit_images", None),
-    "source_model": ("source_model", None), "eot": ("eot", None),
-    "eval_draws": ("eval_draws", None),
-    "defense_opt": ("defense_opts", parse_options), "attack_opt": ("attack_opts", parse_options),
-    "model_opt": ("model_opts", parse_options),
-    "executor": ("executor", None), "ray_address": ("ray_address", None),
-    "ray_cpus": ("ray_cpus", None),
-    "train_precision": ("train_precision", None), "attack_precision": ("attack_precision", None),
-    "channels_last": ("channels_last", None), "deterministic": ("deterministic", None),
-}
-
-
-def _run_config(args: argparse.Namespace, **defaults: Any) -> RunConfig:
-    """The command's RunConfig: what the command line sets, then ``--config``'s file, then
-    ``defaults`` (the command's own), then the dataclass defaults."""
-    given = {}
-    for dest, (name, convert) in _FIELDS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            given[name] = convert(value) if convert else value
-    return RunConfig.resolve(given, getattr(args, "config", None), defaults)
-
-
-def _from_config_file(args: argparse.Namespace, message: str) -> str:
-    """``message`` with the config file named when the option it is about was set there (option
-    values are checked after the file is read, when the plugins are built)."""
-    path = getattr(args, "config", None)
-    if not path or "config file" in message:
-        return message
-    try:
-        raw = RunConfig.read_file(path)
-    except BenchError:
-        return message
-    keys = {k for f in ("defense_opts", "attack_opts", "model_opts")
-            if isinstance(raw.get(f), dict) for k in raw[f]}
-    named = any(k.rpartition(".")[2] + "=" in message or k + "=" in message for k in keys)
-    return f"{message} (set in config file {path})" if named else message
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.executors import run_grid
     from bench.report import render
     from bench.session import baseline_name
 
-    cfg = _run_config(args)
+    cfg = run_config(args)
     store = open_store(results_path(cfg.results))
     hashes = run_grid(cfg, store)
     print(render(store.frame(hashes), "md", baseline=baseline_name()))
@@ -291,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from bench.audit import checklist, run_audit
 
-    cfg = _run_config(args, n=200)
+    cfg = run_config(args, n=200)
     eps = parse_eps(args.eps) if args.eps is not None else None
     store = open_store(results_path(cfg.results))
     found, na = run_audit(cfg, store, eps, steps=args.steps, n_queries=args.n_queries)
@@ -302,7 +170,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _run_config(args, defenses=())
+    cfg = run_config(args, defenses=())
     sessions = [Session.for_config(cfg, ds, model)
                 for ds in cfg.datasets for model in cfg.models or [None]]
     for s in sessions:  # every option, name and file is checked before anything trains
@@ -351,7 +219,7 @@ def _sessions(args: argparse.Namespace, plot: str) -> Iterator[Session]:
     from bench.analysis.common import preprocessors
 
     preprocessors(split_list(args.defense), plot)
-    cfg = _run_config(args, n=500, defenses=split_list(args.defense),
+    cfg = run_config(args, n=500, defenses=split_list(args.defense),
                       attacks=split_list(args.attack))
     sessions = [Session.for_config(cfg, ds, cfg.models[0] if cfg.models else None)
                 for ds in cfg.datasets]
@@ -384,7 +252,7 @@ def cmd_plot_residual(args: argparse.Namespace) -> int:
 def cmd_plot_sweep(args: argparse.Namespace) -> int:
     from bench.analysis import sweep
 
-    cfg = _run_config(args)
+    cfg = run_config(args)
     param = sweep.parse_param(args.param, cfg)
     values = sweep.parse_values(param, args.values)
     out = _plot_dir(args)
@@ -412,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output_path(cache_dir(), f"The cache folder (${ENV_CACHE_DIR})", folder=True)
         return int(args.func(args))
     except BenchError as exc:
-        print(f"error: {_from_config_file(args, str(exc))}", file=sys.stderr)
+        print(f"error: {from_config_file(args, str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished cells are stored; rerun the same command to resume",

@@ -32,7 +32,7 @@ from torch import nn
 from bench.cache import Cache, stable_hash
 from bench.data import BenchDataset, DatasetInfo, gather
 from bench.errors import ConfigError, PluginContractError
-from bench.registry import recorded_class, registered_name
+from bench.registry import recorded_class, registered_name, registered_params
 
 log = logging.getLogger(__name__)
 PREPROCESSOR = "preprocessor"
@@ -254,7 +254,7 @@ class Defense(nn.Module):
     def cache_key(self) -> dict[str, Any]:
         """What determines this defense's trained weights, besides the classifier and data."""
         return {"class": recorded_class(type(self)),  # the pre-move path: old hashes hold
-                "params": getattr(self, "params", {}), "shape": self.input_shape}
+                "params": registered_params(self), "shape": self.input_shape}
 
 
 def weights_key(defense: Defense, context: dict[str, Any], seed: int,

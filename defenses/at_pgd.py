@@ -6,7 +6,7 @@ architecture (the session passes its name as ``model``; ``cnn`` outside a sessio
 through the model registry and trained from scratch on PGD images only: untargeted L-inf PGD from
 a uniform random start in the eps-ball, ascending the cross-entropy of the true label, projected
 onto the ball and [0,1] after every step; plain cross-entropy on the adversarial batch
-(:mod:`defenses._adv_train`). Madry's MNIST recipe is the reference: eps 0.3, 40 steps of 0.01
+(:mod:`bench.defenses._adv_train`). Madry's MNIST recipe is the reference: eps 0.3, 40 steps of 0.01
 (eps/30, total travel 4/3 eps), Adam lr 1e-4, batch 50, 100k iterations.
 
 Scaled down (recorded in every result row): eps is the dataset's default eps (0.2 on MNIST and
@@ -30,9 +30,9 @@ from torch import nn
 
 from bench.config import parse_eps
 from bench.defense import MODEL, Defense, FitContext
+from bench.defenses._adv_train import PGDRecipe, Schedule, adversarial_train, travel_step
 from bench.errors import ConfigError
 from bench.registry import MODELS, register_defense
-from defenses._adv_train import PGDRecipe, Schedule, adversarial_train, travel_step
 
 PAPER = {"eps": 0.3, "attack_steps": 40, "attack_step": 0.01, "optimizer": "adam",
          "lr": 1e-4, "batch_size": 50, "iterations": 100_000, "train_images": 60_000}

@@ -1,12 +1,21 @@
-"""Shared fixtures: an isolated cache per test session, the shared MNIST data root, tiny models."""
+"""Shared fixtures: an isolated cache per test session, the shared MNIST data root, tiny models,
+the contract kit's workbenches, and throwaway plugins registered for one test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+
+from bench.registry import Registry
+from bench.testing import registered
+from bench.testing.test_plugins import attack_bench, defense_bench  # noqa: F401 - fixtures
+from bench.testing.tiny import TinyNet
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -46,23 +55,17 @@ def mnist_root() -> Path:
     return root
 
 
-class TinyNet(torch.nn.Module):
-    """A small differentiable classifier for contract tests (1x28x28 or 3x32x32 inputs)."""
+@pytest.fixture
+def register_plugin() -> Iterator[Callable[..., str]]:
+    """``register_plugin(registry, name, builder, **overrides)`` adds a throwaway plugin for one
+    test and returns its name; every registry it touched is restored after the test."""
+    with contextlib.ExitStack() as stack:
 
-    def __init__(self, channels: int = 1, size: int = 28, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(channels, 8, 3, padding=1),
-                                            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4))
-        self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(128, num_classes))
+        def add(registry: Registry[Any], name: str, builder: Callable[..., Any],
+                **overrides: Any) -> str:
+            return stack.enter_context(registered(registry, name, builder, **overrides))
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        return self.head(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        yield add
 
 
 @pytest.fixture

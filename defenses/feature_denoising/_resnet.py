@@ -26,9 +26,9 @@ from dataclasses import dataclass, replace
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.defenses.feature_denoising._blocks import NONLOCAL, OPS, DenoisingBlock
 from bench.errors import ConfigError
 from bench.models import Classifier
-from defenses.feature_denoising._blocks import NONLOCAL, OPS, DenoisingBlock
 
 INSERTS = (*OPS, "bottleneck", "none")
 PLACEMENTS = ("stage", "every")

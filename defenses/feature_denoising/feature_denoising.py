@@ -5,7 +5,7 @@ Robustness", CVPR 2019 (https://arxiv.org/abs/1812.03411; code:
 github.com/facebookresearch/ImageNet-Adversarial-Training). A ResNet gets a denoising block
 ``y = x + BN(Conv1x1(op(x)))`` after the last residual block of res2, res3, res4 and res5
 (:mod:`._blocks`, :mod:`._resnet`) and is trained end to end by the paper's
-adversarial training (:mod:`defenses._adv_train`): targeted PGD towards a random wrong class,
+adversarial training (:mod:`bench.defenses._adv_train`): targeted PGD towards a random wrong class,
 80% of batches from a random start and 20% from the clean image, adversarial images only, label
 smoothing 0.1, SGD lr 0.1 x batch/256 divided by 10 at 35/110, 70/110 and 95/110 of training.
 
@@ -43,9 +43,7 @@ import torch
 
 from bench.config import parse_eps
 from bench.defense import MODEL, Defense, FitContext
-from bench.errors import ConfigError
-from bench.registry import register_defense
-from defenses._adv_train import (
+from bench.defenses._adv_train import (
     PAPER_MILESTONES,
     PAPER_WARMUP,
     PGDRecipe,
@@ -53,8 +51,10 @@ from defenses._adv_train import (
     adversarial_train,
     travel_step,
 )
-from defenses.feature_denoising._resnet import DenoisingResNet
-from defenses.feature_denoising._resnet import backbone as make_backbone
+from bench.defenses.feature_denoising._resnet import DenoisingResNet
+from bench.defenses.feature_denoising._resnet import backbone as make_backbone
+from bench.errors import ConfigError
+from bench.registry import register_defense, registered_name
 
 PAPER = {"eps": "16/255", "attack_steps": 30, "attack_step": "eps/16", "epochs": 110,
          "batch_size": 4096, "backbone": "resnet152", "train_images": "1.28M (ImageNet)"}
@@ -94,7 +94,8 @@ class FeatureDenoisingNet(Defense):
         placement: ``stage`` (after res2..res5, default) or ``every`` residual block.
         conv1x1, residual: the denoising block's 1x1 conv and skip (Table 1 ablations).
         backbone: ``auto`` (``small`` below 64 px, else ``resnet152``) or a name of
-            :data:`defenses.feature_denoising._resnet.BACKBONES`; ``depths``/``widths`` override it.
+            :data:`bench.defenses.feature_denoising._resnet.BACKBONES`; ``depths``/``widths``
+            override it.
         eps: training L-inf radius (default: the dataset's default eps); ``16/255`` works.
         attack_steps: PGD steps in training (default 3; paper 30).
         attack_step: PGD step (default ``eps/16 * max(1, 30/attack_steps)``).
@@ -157,7 +158,7 @@ class FeatureDenoisingNet(Defense):
         eps = self.eps if self.eps is not None else ctx.info.default_eps
         attack, sched = self.recipe(eps)
         x, y = ctx.train_tensors()
-        name = getattr(self, "registry_name", "fd")
+        name = registered_name(self)
         meta = adversarial_train(self.net, x, y, attack, sched, num_classes=self.num_classes,
                                  device=ctx.device, seed=ctx.seed,
                                  desc=f"adv-train {name} on {ctx.info.name}")

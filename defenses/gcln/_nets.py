@@ -1,4 +1,5 @@
-"""Networks and the clean pool of GCLN (see :mod:`defenses.gcln.gcln` for the paper and recipe).
+"""Networks and the clean pool of GCLN (see :mod:`bench.defenses.gcln.gcln` for the paper and
+recipe).
 
 The paper gives no architecture; these are our choices. Generator G: the quantized nonlinear
 transform (QNT) first, then a residual recovery net R: conv3x3 C->w, ReLU, ``blocks`` residual
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from defenses.gcln._dct import QuantizedTransform
+from bench.defenses.gcln._dct import QuantizedTransform
 
 
 class _ResBlock(nn.Module):

@@ -21,8 +21,9 @@ feature loss, which the paper cites for L_P) of G(x*) and of the clean x, ``L_A`
 of D(G(x*)) against "clean". Recovered images the target classifies correctly join the clean pool
 on the fly (the newest ``fit_images`` of them are kept). The loss network is VGG-19 with ImageNet
 weights when they are in the local torch cache, else the offline substitute of
-:mod:`defenses._lossnet` (fixed random He-initialised weights, ``vgg19-random-kaiming-seed0``);
-which one is recorded in every result row and in the cache key; it is never part of the weights.
+:mod:`bench.defenses._lossnet` (fixed random He-initialised weights,
+``vgg19-random-kaiming-seed0``); which one is recorded in every result row and in the cache key; it
+is never part of the weights.
 
 Gradients: rounding is non-differentiable, so the defense declares ``differentiable = False`` (the
 whitebox row records BPDA) and its ``attack_forward`` is G itself with the straight-through
@@ -50,11 +51,12 @@ from torch import nn
 
 from bench.attack import frozen
 from bench.defense import Defense, FitContext
+from bench.defenses._lossnet import feature_extractor, resolve_source
+from bench.defenses.gcln._nets import CleanPool, Generator, detector
 from bench.errors import ConfigError
-from bench.registry import ATTACKS, register_defense
+from bench.registry import ATTACKS, register_defense, registered_name
 from bench.runtime import batches, check_finite, progress
-from defenses._lossnet import feature_extractor, resolve_source
-from defenses.gcln._nets import CleanPool, Generator, detector
+from bench.seeds import batch_seed
 
 LOSSNET_ARCH, VGG19_MODULES = "vgg19", 37  # len(torchvision vgg19().features)
 IMAGE_BUDGET = 3000  # default epochs = round(IMAGE_BUDGET / training images), in [1, 30]
@@ -167,7 +169,7 @@ class GCLN(Defense):
                             seed=ctx.seed)
         x, y = ctx.train_tensors()
         adv = [atk(ctx.classifier, ctx.on_device(x[i]), ctx.on_device(y[i]),
-                   seed=ctx.seed * 100003 + k).cpu()
+                   seed=batch_seed(ctx.seed, k)).cpu()
                for k, i in enumerate(progress(list(batches(len(x), 500)), desc="GCLN PGD set"))]
         return {"x": x, "x_adv": torch.cat(adv), "y": y}
 
@@ -178,13 +180,32 @@ class GCLN(Defense):
         """Train D and G with the recipe of the module docstring; return metadata."""
         start = time.perf_counter()
         lossnet = feature_extractor(LOSSNET_ARCH, self.loss_layers, weights=self.lossnet)
-        key = {**self._attack_params(ctx), "context": ctx.key, "seed": ctx.seed, "n": ctx.budget}
         with frozen(ctx.classifier):
-            data = ctx.cache.memo_tensors("gcln-trainsets", f"{ctx.info.name}-gcln", key,
-                                          lambda: self._attacked_set(ctx))
-            meta = self._train(ctx, data, lossnet)
+            meta = self._train(ctx, self._training_set(ctx), lossnet)
         return {**meta, "fit_seconds": round(time.perf_counter() - start, 1),
                 "train_attack": self._attack_params(ctx), "lossnet": lossnet.source}
+
+    def _training_set(self, ctx: FitContext) -> dict[str, torch.Tensor]:
+        """The PGD-attacked training images (cached, shared by every Qs); call it with the
+        classifier frozen."""
+        key = {**self._attack_params(ctx), "context": ctx.key, "seed": ctx.seed, "n": ctx.budget}
+        return ctx.cache.memo_tensors("gcln-trainsets", f"{ctx.info.name}-gcln", key,
+                                      lambda: self._attacked_set(ctx))
+
+    def training_loss(self, ctx: FitContext) -> float:
+        """G's perceptual term L_P on the attacked training set, in the module's current mode:
+        what ``fit`` lowers. (L_A is a game against D, which ``fit`` trains too: no measure of
+        progress.)"""
+        lossnet = feature_extractor(LOSSNET_ARCH, self.loss_layers, weights=self.lossnet)
+        with frozen(ctx.classifier):
+            data = self._training_set(ctx)  # made with gradients (PGD) on a cache miss
+        total = 0.0
+        with torch.no_grad():
+            for idx in batches(len(data["x"]), 500):
+                x_hat = self.generator(ctx.on_device(data["x_adv"][idx]))
+                parts = self.generator_loss(x_hat, ctx.on_device(data["x"][idx]), lossnet)[1]
+                total += parts["L_P"] * len(idx)
+        return total / max(1, len(data["x"]))
 
     def _train(self, ctx: FitContext, data: dict[str, torch.Tensor],
                lossnet: nn.Module) -> dict[str, Any]:
@@ -194,7 +215,7 @@ class GCLN(Defense):
         opt_d = torch.optim.Adam(self.detector.parameters(), self.lr, betas=(0.5, 0.999))
         epochs, steps = self._epochs(len(x)), -(-len(x) // self.batch_size)
         bar = progress(total=(self.warmup_epochs + epochs) * steps,
-                       desc=f"fit {getattr(self, 'registry_name', 'gcln')} on {ctx.info.name}")
+                       desc=f"fit {registered_name(self)} on {ctx.info.name}")
         self.train()
         for _ in range(self.warmup_epochs):  # D alone: clean vs attacked images
             for idx in batches(len(x), self.batch_size, gen, shuffle=True):

@@ -2,7 +2,7 @@
 
 Paper: Liao et al., "Defense against Adversarial Attacks Using High-Level Representation Guided
 Denoiser", CVPR 2018 (https://arxiv.org/abs/1712.02976; Appendix B for "x2"). A U-net (or, without
-lateral connections, a DAE; see :mod:`defenses.hgd._unet`) predicts the negative noise and
+lateral connections, a DAE; see :mod:`bench.defenses.hgd._unet`) predicts the negative noise and
 ``x_hat = clamp(x* + s * out, 0, 1)`` goes to the fixed target classifier. ``s`` is 1, or 2 for
 ``dunet-x2`` (the doubled predicted noise of Appendix B, applied at test time only). The clamp is
 ours: the defense contract requires images in [0,1]; it is applied in training too.
@@ -44,11 +44,11 @@ from torch import nn
 
 from bench.attack import frozen
 from bench.defense import Defense, FitContext
+from bench.defenses.hgd._trainset import EPS_LEVELS, RECIPE, make_training_set
+from bench.defenses.hgd._unet import PAPER_FORWARD, DenoisingUNet, default_widths, width_multiplier
 from bench.errors import ConfigError
-from bench.registry import register_defense
+from bench.registry import register_defense, registered_name
 from bench.runtime import batches, check_finite, progress
-from defenses.hgd._trainset import EPS_LEVELS, RECIPE, make_training_set
-from defenses.hgd._unet import PAPER_FORWARD, DenoisingUNet, default_widths, width_multiplier
 
 log = logging.getLogger(__name__)
 LOSSES = ("pixel", "feature", "logit", "label")
@@ -161,14 +161,27 @@ class HGD(Defense):
         if hit is not None:
             self.net.load_state_dict(hit[0])
             return {**hit[1], "shared_weights": True}
-        with contextlib.ExitStack() as stack:
-            for m in [ctx.classifier, *ctx.surrogates]:
-                stack.enter_context(frozen(m))
-            data = ctx.cache.memo_tensors("hgd-trainsets", f"{ctx.info.name}-hgd",
-                                          _recipe_key(ctx), lambda: make_training_set(ctx))
-            meta = self._train(ctx, data)
+        with _frozen_classifiers(ctx):
+            meta = self._train(ctx, self._training_set(ctx))
         ctx.cache.save_tensors(self.net.state_dict(), "hgd-nets", name, key, meta)
         return meta
+
+    def _training_set(self, ctx: FitContext) -> dict[str, torch.Tensor]:
+        """Table 1's training set (scaled), made once per recipe and cached; call it with the
+        classifiers frozen."""
+        return ctx.cache.memo_tensors("hgd-trainsets", f"{ctx.info.name}-hgd", _recipe_key(ctx),
+                                      lambda: make_training_set(ctx))
+
+    def training_loss(self, ctx: FitContext) -> float:
+        """This variant's mean loss over the whole training set ``fit`` trains on (held-out part
+        included), in the module's current mode: what ``fit`` lowers."""
+        with _frozen_classifiers(ctx):
+            data = self._training_set(ctx)  # made with gradients (attacks) on a cache miss
+            idx = torch.arange(len(data["src"]))
+            with torch.no_grad():
+                total = sum(float(self._batch_loss(ctx, data, idx[b]).sum())
+                            for b in batches(len(idx), 500))
+        return total / max(1, len(idx))
 
     def _train(self, ctx: FitContext, data: dict[str, torch.Tensor]) -> dict[str, Any]:
         start = time.perf_counter()
@@ -184,7 +197,7 @@ class HGD(Defense):
                                                            min_lr=self.lr / 10)
         best, best_state, history = math.inf, copy.deepcopy(self.net.state_dict()), []
         bar = progress(total=epochs * math.ceil(len(train_idx) / self.batch_size),
-                       desc=f"fit {getattr(self, 'registry_name', 'hgd')} on {ctx.info.name}")
+                       desc=f"fit {registered_name(self)} on {ctx.info.name}")
         for _ in range(epochs):
             self.net.train()
             for idx in batches(len(train_idx), self.batch_size, gen, shuffle=True):
@@ -239,6 +252,14 @@ class HGD(Defense):
         return {"loss": self.loss, "lateral": self.lateral, "noise_scale": self.noise_scale,
                 "widths": list(self.widths), "feedback_widths": list(self.feedback_widths),
                 "epochs": self.epochs or "auto", "scaled_from_paper": self._scale_note()}
+
+
+def _frozen_classifiers(ctx: FitContext) -> contextlib.ExitStack:
+    """The target and the surrogates frozen (eval mode, no weight gradients) until exit."""
+    stack = contextlib.ExitStack()
+    for m in [ctx.classifier, *ctx.surrogates]:
+        stack.enter_context(frozen(m))
+    return stack
 
 
 def _recipe_key(ctx: FitContext) -> dict[str, Any]:

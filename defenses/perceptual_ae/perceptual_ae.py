@@ -6,7 +6,7 @@ grayscale). The defense is a preprocessor: ``x_hat = clamp(AE(x*), 0, 1)`` goes 
 target classifier. The network (encoder to 2x2x8, three transposed convolutions, inverse tangent
 output), the loss of Eq. 4 with 1/numel weights and the choice of VGG-16 maps are documented in
 :mod:`._perceptual`; the loss network (ImageNet VGG-16 when its weight file is in the
-local torch cache, else a fixed seeded random-weight VGG-16) in :mod:`defenses._lossnet`. Its
+local torch cache, else a fixed seeded random-weight VGG-16) in :mod:`bench.defenses._lossnet`. Its
 ``source`` is in every result row and in the cache key.
 
 Training (sections 3.2, 4.2): adversarial images only, precomputed against the frozen target:
@@ -51,11 +51,8 @@ from typing import Any
 import torch
 
 from bench.defense import Defense, FitContext
-from bench.errors import ConfigError
-from bench.registry import register_defense
-from bench.runtime import batches, check_finite, progress
-from defenses._lossnet import feature_extractor, resolve_source
-from defenses.perceptual_ae._perceptual import (
+from bench.defenses._lossnet import feature_extractor, resolve_source
+from bench.defenses.perceptual_ae._perceptual import (
     AE_SHAPE,
     LOSS_SIZE,
     PAPER_LAYERS,
@@ -65,6 +62,9 @@ from defenses.perceptual_ae._perceptual import (
     perceptual_loss,
     to_gray28,
 )
+from bench.errors import ConfigError
+from bench.registry import register_defense
+from bench.runtime import batches, check_finite, progress
 
 PASS_BUDGET = 28000  # default epochs = round(PASS_BUDGET / adversarial training images)
 MAX_IMAGES = 2000  # default clean training images: min(fit_images, MAX_IMAGES)

@@ -1,16 +1,18 @@
-"""A small composite defense for the executor tests (not a registered plugin: tests add it with
-:func:`register`): the mean of the image and what a trained part (``dae``) makes of it. A grid
-with it and ``dae`` has two groups that need the same fitted part, which the Ray executor fits
-once, before both."""
+"""A small composite defense for the executor tests (not a registered plugin: tests add it for a
+``with`` block with :func:`registration`): the mean of the image and what a trained part (``dae``)
+makes of it. A grid with it and ``dae`` has two groups that need the same fitted part, which the
+Ray executor fits once, before both."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import torch
 
 from bench.defense import Defense, Parts
-from bench.registry import DEFENSES, Entry
+from bench.registry import DEFENSES
+from bench.testing import registered
 
 NAME = "test-halfway"
 PART = "dae"
@@ -37,9 +39,6 @@ class HalfwayDefense(Defense):
         return (x + self.part(x)) / 2
 
 
-def register() -> str:
-    """Add the defense to the registry (idempotent); return its name."""
-    DEFENSES.load()
-    DEFENSES._entries.setdefault(NAME, Entry(NAME, HalfwayDefense, {}, "test composite",
-                                             __name__))
-    return NAME
+def registration() -> AbstractContextManager[str]:
+    """The defense registered under ``NAME`` for a ``with`` block (the registry restored after)."""
+    return registered(DEFENSES, NAME, HalfwayDefense, description="test composite")

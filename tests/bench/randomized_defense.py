@@ -1,5 +1,6 @@
 """A small randomized defense for the reproducibility tests (not a registered plugin: tests add it
-with :func:`register`, in process or in a subprocess through :func:`main`).
+for a ``with`` block with :func:`registration`, in process or in a subprocess through
+:func:`main`).
 
 Gaussian noise of standard deviation ``sigma`` added to the image and clipped to [0,1], drawn
 from torch's global RNG as the defense contract asks: whatever seeds that RNG decides the result,
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import torch
 
 from bench.defense import Defense
-from bench.registry import DEFENSES, Entry
+from bench.registry import DEFENSES
+from bench.testing import registered
 
 NAME = "test-noisy"
 
@@ -36,19 +39,17 @@ class NoisyDefense(Defense):
         return (x + self.sigma * torch.randn_like(x)).clamp(0.0, 1.0)
 
 
-def register() -> str:
-    """Add the defense to the registry (idempotent); return its name."""
-    DEFENSES.load()
-    DEFENSES._entries.setdefault(NAME, Entry(NAME, NoisyDefense, {}, "test noise", __name__))
-    return NAME
+def registration() -> AbstractContextManager[str]:
+    """The defense registered under ``NAME`` for a ``with`` block (the registry restored after)."""
+    return registered(DEFENSES, NAME, NoisyDefense, description="test noise")
 
 
 def main(argv: list[str]) -> int:
     """``python -m tests.bench.randomized_defense ARGS``: the CLI with the defense registered."""
     from bench.cli import main as cli
 
-    register()
-    return cli(argv)
+    with registration():
+        return cli(argv)
 
 
 if __name__ == "__main__":

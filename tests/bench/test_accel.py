@@ -353,7 +353,8 @@ def test_bf16_on_cuda_and_a_real_out_of_memory_is_recovered() -> None:
 
 
 def test_the_command_line_sets_every_gpu_option() -> None:
-    from bench.cli import _run_config, build_parser
+    from bench.arguments import run_config as _run_config
+    from bench.cli import build_parser
 
     args = build_parser().parse_args(
         ["run", "--attack", "fgsm", "--batch-size", "auto", "--train-precision", "bf16",

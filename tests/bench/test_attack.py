@@ -17,7 +17,7 @@ from bench.cache import Cache
 from bench.config import RunConfig
 from bench.errors import AttackValidationError, NonFiniteError
 from bench.executors import run_grid
-from bench.registry import ATTACKS, Entry
+from bench.registry import ATTACKS
 from bench.runtime import check_finite
 from bench.store import Store
 
@@ -163,11 +163,43 @@ def test_calling_a_valid_attack_returns_its_batch(x: torch.Tensor) -> None:
     assert torch.equal(out, (x + 0.1).clamp(0, 1)) and not out.requires_grad
 
 
+class Meddling(Attack):
+    """A throwaway valid attack that does what a plugin should not: puts the model in training
+    mode, unfreezes and touches its weights' gradients, reseeds and draws from torch's RNG, and
+    returns float64 images."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+            p.grad = torch.ones_like(p)
+        torch.manual_seed(123)
+        noise = torch.rand(x.shape) * 2 - 1
+        return (x + self.eps * noise).clamp(0, 1).double()
+
+
+def test_calling_an_attack_restores_what_the_plugin_changed(x: torch.Tensor) -> None:
+    """Whatever ``perturb`` does to the model and to torch's RNG, the caller finds them as they
+    were (mode, frozen flags, gradients, random stream) and gets images of its own dtype: the
+    contract kit therefore checks none of this per plugin."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).train()
+    net[1].weight.requires_grad_(False)
+    grads = [None, torch.full_like(net[1].bias, 7.0)]
+    net[1].bias.grad = grads[1]
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    out = Meddling(eps=0.1)(net, x, torch.zeros(2, dtype=torch.long))
+    assert torch.equal(torch.rand(4), expected), "the caller's random stream moved"
+    assert net.training and out.dtype == x.dtype
+    assert [p.requires_grad for p in net.parameters()] == [False, True]
+    assert net[1].weight.grad is None and net[1].bias.grad is grads[1]
+
+
 @pytest.mark.parametrize("cls", [Shifted, Poisoned])
 def test_the_runner_records_nothing_from_an_invalid_attack(
-        cls: type[Attack], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ATTACKS.load()
-    monkeypatch.setitem(ATTACKS._entries, "tmp-bad", Entry("tmp-bad", cls))
+        cls: type[Attack], tmp_path: Path, register_plugin: Callable[..., str]) -> None:
+    register_plugin(ATTACKS, "tmp-bad", cls)
     cfg = RunConfig(datasets=("digits",), defenses=("none",), attacks=("tmp-bad",), n=20,
                     eps=(0.1,), model_opts={"epochs": 1})
     store, cache = Store(tmp_path / "r.sqlite"), Cache(tmp_path / "cache")

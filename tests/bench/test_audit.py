@@ -3,6 +3,7 @@ stored checks flag shattered gradients and undeclared randomness, and the checkl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from bench.cli import main
 from bench.defense import Defense
-from bench.registry import DEFENSES, Entry
+from bench.registry import DEFENSES
 from bench.store import Store
 
 
@@ -39,10 +40,9 @@ NAMES = {"test-masked": MaskedQuantize, "test-bpda": BpdaQuantize, "test-undecla
 
 
 @pytest.fixture(autouse=True)
-def _registered() -> None:
-    DEFENSES.load()
+def _registered(register_plugin: Callable[..., str]) -> None:
     for name, cls in NAMES.items():
-        DEFENSES._entries.setdefault(name, Entry(name, cls, {}, "test", __name__))
+        register_plugin(DEFENSES, name, cls)
 
 
 def test_audit_flags_masked_gradients_and_undeclared_randomness(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv as csvmod
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bench.cli import main
-from bench.registry import ATTACKS, DEFENSES, Entry
+from bench.registry import ATTACKS, DEFENSES
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -144,13 +145,12 @@ def test_plot_amplification_curves_and_matched_noise(capsys: pytest.CaptureFixtu
 
 @pytest.mark.parametrize("plot", ["residual", "amplification"])
 def test_plot_rejects_model_kind_defenses(capsys: pytest.CaptureFixture[str],
-                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                          register_plugin: Callable[..., str], tmp_path: Path,
                                           plot: str) -> None:
     class WholeModel:
         kind = "model"
 
-    DEFENSES.load()
-    monkeypatch.setitem(DEFENSES._entries, "whole-net", Entry("whole-net", WholeModel))
+    register_plugin(DEFENSES, "whole-net", WholeModel)
     code, out, err = run_cli(capsys, "plot", plot, "--defense", "median,whole-net", "--attack",
                              "fgsm", "--out", str(tmp_path))
     assert code == 2 and out == ""

@@ -18,14 +18,14 @@ import pytest
 import torch
 
 from bench.cache import Cache
-from bench.config import RunConfig
+from bench.config import EXECUTORS, RunConfig
 from bench.errors import ConfigError
-from bench.executors import LocalExecutor, executor_for, run_grid
+from bench.executors import BY_NAME, LocalExecutor, executor_for, run_grid
 from bench.executors.ray_executor import import_ray, shipped_plugins
 from bench.store import Store
 from tests.bench import composite_defense
 from tests.bench.randomized_defense import NAME as NOISY
-from tests.bench.randomized_defense import register
+from tests.bench.randomized_defense import registration
 
 # What differs between two runs of the same cell whatever computes it: when and how long.
 TIMING = ("wall_time", "created_at")
@@ -74,8 +74,9 @@ def run(cfg: RunConfig, db: Path, cache: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def noisy() -> Iterator[str]:
-    composite_defense.register()
-    yield register()
+    """The test plugins registered for this module's tests (the registry restored after)."""
+    with composite_defense.registration(), registration() as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,7 @@ def ray_instance() -> Iterator[Any]:
 def test_executor_is_chosen_by_the_config() -> None:
     assert isinstance(executor_for(grid()), LocalExecutor)
     assert executor_for(grid("ray")).name == "ray"
+    assert set(BY_NAME) == set(EXECUTORS)  # every name the config accepts has its executor
     with pytest.raises(ConfigError, match=r"--executor .dask. \(or \$BENCH_EXECUTOR\): use one"):
         RunConfig(executor="dask")
     with pytest.raises(ConfigError, match="--ray-cpus 0 must be a positive number"):

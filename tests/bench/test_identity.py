@@ -18,8 +18,8 @@ from bench.data import get_dataset
 from bench.errors import BenchError
 from bench.plan import Planner
 from bench.registry import ATTACKS, DEFENSES, Registry
-from bench.signature import HARNESS_SET, accepted_options
 from bench.session import Session
+from bench.signature import HARNESS_SET, accepted_options
 from bench.threat import Target, Threat
 
 EPS = 0.2

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,11 @@ from bench.cache import Cache
 from bench.config import RunConfig
 from bench.executors import run_grid
 from bench.plan import Planner
-from bench.registry import DEFENSES, Entry
+from bench.registry import DEFENSES
 from bench.session.adversarial import AdversarialSets
 from bench.store import Store
 from bench.threat import Target
-from tests.bench.randomized_defense import NAME, NoisyDefense, register
+from tests.bench.randomized_defense import NAME, NoisyDefense
 
 REPO = Path(__file__).resolve().parents[2]
 EPS = ["0.1", "0.2"]
@@ -104,8 +105,8 @@ def _noisy_cells(store: Store) -> dict[str, tuple[bytes, bytes]]:
 
 
 def test_a_randomized_defense_gives_the_same_cell_alone_in_a_grid_and_in_another_order(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(DEFENSES._entries, NOISY, Entry(NOISY, NoisyDefense))
+        tmp_path: Path, register_plugin: Callable[..., str]) -> None:
+    register_plugin(DEFENSES, NOISY, NoisyDefense)
     base = {"datasets": ("digits",), "n": 60, "model_opts": {"epochs": 1},
             "threats": ("oblivious", "whitebox")}
     alone = Store(tmp_path / "alone.sqlite")
@@ -156,9 +157,15 @@ def test_row_holds_the_design_fields(tmp_path: Path) -> None:
     row = store.frame().iloc[0]
     assert row["n"] == 25 and len(row["robust_correct"]) == 25
     assert row["seed"] == 3 and row["eps"] == pytest.approx(0.1)
-    assert row["versions"]["torch"] and row["git_rev"] and row["device"] == "cpu"
+    assert row["versions"]["torch"] and row["device"] == "cpu"
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO,
+                          capture_output=True, text=True, check=False).stdout.strip()
+    assert row["git_rev"].removesuffix("-dirty") == (head or "unknown")  # this checkout's HEAD
     assert row["config"]["attack"] == "noise" and row["wall_time"] > 0
-    assert 0 <= row["robust_acc"] <= row["clean_acc"] + 0.2
+    clean, robust = row["clean_correct"], row["robust_correct"]
+    assert row["clean_acc"] == pytest.approx(clean.mean()) and clean.mean() > 0.5  # trained
+    assert row["robust_acc"] == pytest.approx(robust.mean())
+    assert not (robust & ~clean).any(), "robust where wrong on the clean image"
 
 
 def _non_differentiable_preprocessor() -> str:
@@ -207,14 +214,15 @@ def test_gradient_free_attacks_never_record_bpda() -> None:
     "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
         not torch.cuda.is_available(), reason="needs a CUDA device")])])
 def test_attacking_only_the_survivors_changes_no_stored_flag(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str,
+        register_plugin: Callable[..., str]) -> None:
     """Whitebox sets through a deterministic defense attack only the images it gets right
     clean; robust = correct clean and under attack, so every stored per-sample flag is the one
     attacking every image gives (random starts included), and the saving is recorded. On CUDA
     this holds only if the kernels compute each row independently of the batch's shape (the
     nightly GPU job checks it)."""
 
-    register()
+    register_plugin(DEFENSES, NOISY, NoisyDefense)
     cfg = RunConfig(datasets=("digits",), defenses=("none", "bitdepth", "median", NOISY),
                     attacks=("fgsm", "pgd10", "cw100", "mifgsm10"), threats=("whitebox",),
                     n=120, batch_size=50, model_opts={"epochs": 1}, eval_draws=2, eot=2,

@@ -2,7 +2,8 @@
 ``defenses/`` and ``attacks/`` packages, ``python -m bench`` still lists every built-in and runs
 them (they install as ``bench.defenses`` and ``bench.attacks``, see setup.py). When they were the
 top-level packages ``defenses`` and ``attacks``, such a folder's empty packages were imported
-instead and ``list attacks`` printed "No attacks match"."""
+instead and ``list attacks`` printed "No attacks match". Weight keys still record the former
+module paths, so the cells of stores written before keep their hashes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.registry import ATTACKS, DEFENSES, Registry
+from bench.registry import ATTACKS, DEFENSES, Registry, recorded_module
 
 
 @pytest.fixture
@@ -60,3 +61,13 @@ def test_a_run_beside_folders_named_like_the_plugin_packages(shadowing_folder: P
     rows = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert any("fgsm" in r for r in rows), proc.stdout
     assert results.exists()
+
+
+def test_a_built_in_defense_keys_its_weights_under_its_former_module_path() -> None:
+    lgd = DEFENSES.build("lgd", input_shape=(1, 28, 28), num_classes=10)
+    assert type(lgd).__module__ == "bench.defenses.hgd.hgd"
+    assert lgd.cache_key()["class"] == "defenses.hgd.hgd.HGD"  # as before the move
+    assert recorded_module("bench.attacks.pgd") == "attacks.pgd"
+    assert recorded_module("bench.defenses") == "defenses"
+    for unchanged in ("bench.defense", "bench.defenses_extra.x", "bench_blur", "tests.bench.x"):
+        assert recorded_module(unchanged) == unchanged
