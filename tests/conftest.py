@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from bench.registry import Registry
-from bench.testing import registered
-from bench.testing.test_plugins import attack_bench, defense_bench  # noqa: F401 - fixtures
+from bench.testing import AttackBench, DefenseBench, registered
 from bench.testing.tiny import TinyNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +52,19 @@ def mnist_root() -> Path:
             pytest.fail(f"{message}: CI must have them")
         pytest.skip(message)
     return root
+
+
+@pytest.fixture(scope="module")
+def defense_bench(tmp_path_factory: pytest.TempPathFactory) -> DefenseBench:
+    """The contract kit's defenses (:mod:`bench.testing`), fitted on first use into a fresh
+    cache: one per test module."""
+    return DefenseBench(tmp_path_factory.mktemp("bench-check"))
+
+
+@pytest.fixture(scope="module")
+def attack_bench() -> AttackBench:
+    """The contract kit's tiny models and data for attacks."""
+    return AttackBench()
 
 
 @pytest.fixture

@@ -116,6 +116,9 @@ def test_readme_plugin_example_installs_lists_and_runs(tmp_path: Path) -> None:
     proc = bench(python, listing, work, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["blur3", "blur5"]
+    proc = bench(python, ["python", "-m", "bench", "-q", "check", "blur3", "blur5"], work, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # the contract kit
+    assert "FAIL" not in proc.stdout and proc.stdout.count("PASS defense blur") == 12
 
     assert run[:3] == ["python", "-m", "bench"] and run[3] == "run"
     assert "blur3,jpeg" in run and "quality=50" in run

@@ -11,7 +11,8 @@ The checks (:data:`DEFENSE_CHECKS` in :mod:`.defense_contract`, :data:`ATTACK_CH
 budgets shrunk through generic constructor options (``epochs``, ``steps``...): seconds per plugin
 on a CPU. This repository's own contract tests run the same checks over the registries
 (``tests/defenses/test_contract.py``, ``tests/attacks/test_contract.py``).
-:func:`registered` adds a throwaway plugin to a registry for one ``with`` block.
+:func:`registered` adds a throwaway plugin to a registry for one ``with`` block, :func:`restored`
+removes whatever a block registered (a plugin module imported by a test).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from bench.testing.core import (
     outcome,
     registered,
     require,
+    restored,
 )
 from bench.testing.defense_contract import DEFENSE_CHECKS, DefenseBench
 
 __all__ = ["ATTACK_CHECKS", "DEFENSE_CHECKS", "ENV_SELECT", "FAIL", "PASS", "SKIP",
            "AttackBench", "Check", "CheckFailed", "CheckSkipped", "DefenseBench", "Outcome",
-           "check_plugins", "registered", "require", "selected"]
+           "check_plugins", "registered", "require", "restored", "selected"]
 
 #: Names of the plugins ``python -m pytest --pyargs bench.testing`` checks (comma-separated).
 ENV_SELECT = "BENCH_CHECK"

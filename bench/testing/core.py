@@ -24,6 +24,7 @@ class CheckSkipped(Exception):
 
 def require(condition: Any, message: str) -> None:
     """Raise :class:`CheckFailed` with ``message`` unless ``condition`` holds."""
+    __tracebackhide__ = True  # pytest shows the check's line, not this one
     if not condition:
         raise CheckFailed(message)
 
@@ -81,18 +82,46 @@ def _one_line(text: str) -> str:
 
 
 @contextlib.contextmanager
-def registered(registry: Registry[Any], name: str, builder: Callable[..., Any], *,
-               description: str = "test plugin", **overrides: Any) -> Iterator[str]:
-    """``builder`` registered as ``name`` in ``registry`` for the duration of a ``with`` block;
-    yields ``name``. The built-in and entry-point plugins are loaded first and the registry's
-    table is restored on exit, so a test's throwaway plugin never leaks into later tests (nested
-    blocks restore in turn). A name that is already registered is a DuplicatePluginError, as at
-    import time."""
-    registry.load()
-    saved = dict(registry._entries)  # noqa: SLF001 - the registry's own table, restored below
-    registry.register(name, description=description, **overrides)(builder)
+def restored(*registries: Registry[Any]) -> Iterator[None]:
+    """Whatever a ``with`` block registers in ``registries`` (e.g. by importing a plugin module
+    in a test) is gone after it: each registry's table is put back as it was on entry, with its
+    built-in and entry-point plugins loaded first."""
+    saved = []
+    for registry in registries:
+        registry.load()
+        saved.append((registry, dict(registry._entries), dict(registry._prefixes)))  # noqa: SLF001
     try:
-        yield name
+        yield
     finally:
-        registry._entries.clear()  # noqa: SLF001
-        registry._entries.update(saved)  # noqa: SLF001
+        for registry, entries, prefixes in saved:
+            registry._entries.clear()  # noqa: SLF001 - the registry's own tables
+            registry._entries.update(entries)  # noqa: SLF001
+            registry._prefixes.clear()  # noqa: SLF001
+            registry._prefixes.update(prefixes)  # noqa: SLF001
+
+
+@contextlib.contextmanager
+def registered(registry: Registry[Any], name: str, builder: Callable[..., Any], *,
+               description: str | None = None, **overrides: Any) -> Iterator[str]:
+    """``builder`` registered as ``name`` in ``registry`` for the duration of a ``with`` block;
+    yields ``name`` (``description``: default the builder's docstring, as for any plugin). The
+    registry is restored on exit (:func:`restored`), so a test's throwaway plugin never leaks
+    into later tests; nested blocks restore in turn. A name that is already registered is a
+    DuplicatePluginError, as at import time."""
+    with restored(registry):
+        registry.register(name, description=description, **overrides)(builder)
+        yield name
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch intra-op thread for a block (restored after): the kit's tensors are tiny, and one
+    thread is several times faster than two on them (no hand-offs), far faster on a busy CPU."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -56,7 +56,7 @@ class DefenseBench:
         self.cache = Cache(Path(cache_root))
         self._contexts: dict[tuple[int, ...], FitContext] = {}
         self._probes: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._fitted: dict[str, Defense | BaseException] = {}
+        self._fitted: dict[str, Defense | Exception] = {}
         self.losses: dict[str, tuple[float, float]] = {}
 
     def shape(self, name: str) -> tuple[int, int, int]:
@@ -102,11 +102,12 @@ class DefenseBench:
                 self._fitted[name] = self._fit(name)
             except CheckSkipped:
                 raise
-            except BaseException as exc:  # every check of a defense that cannot fit fails
+            except Exception as exc:  # noqa: BLE001 - every check of a defense that cannot fit fails
                 self._fitted[name] = exc
         done = self._fitted[name]
-        if isinstance(done, BaseException):
-            raise CheckFailed(f"building or fitting it failed: {type(done).__name__}: {done}")
+        if isinstance(done, Exception):
+            raise CheckFailed(f"building or fitting it failed: {type(done).__name__}: "
+                              f"{done}") from done
         return done
 
     def _fit(self, name: str) -> Defense:
@@ -117,12 +118,16 @@ class DefenseBench:
             fit_or_load(defense, ctx)
             self.losses[name] = (before, measured_loss(defense, ctx))
         defense.eval()
+        self.compose(defense, ctx)
+        return defense
+
+    def compose(self, defense: Defense, ctx: FitContext) -> None:
+        """Hand a composite its fitted parts as the harness would (nothing for the others)."""
         parts = defense.parts(MODELS)
         if parts.defenses or parts.models:
             defense.compose([self.fitted(split_spec(p)[0]) for p in parts.defenses],
                             [ctx.classifier if m == MODELS[0] else ctx.surrogates[0]
                              for m in parts.models])
-        return defense
 
 
 def measured_loss(defense: Defense, ctx: FitContext) -> float:
@@ -132,7 +137,7 @@ def measured_loss(defense: Defense, ctx: FitContext) -> float:
     state, mode = copy.deepcopy(defense.state_dict()), defense.training
     defense.train()
     try:
-        with rng_isolated(ctx.device), torch.no_grad():
+        with rng_isolated(ctx.device):
             torch.manual_seed(1)
             value = float(defense.training_loss(ctx))
     finally:
@@ -143,7 +148,7 @@ def measured_loss(defense: Defense, ctx: FitContext) -> float:
 
 
 # -- the checks ------------------------------------------------------------------------------
-def _declares(bench: DefenseBench, name: str) -> None:
+def _declares(bench: DefenseBench, name: str) -> None:  # noqa: ARG001 - the bench is unused
     entry = DEFENSES.get(name)
     cls = entry.builder
     require(isinstance(cls, type) and issubclass(cls, Defense),
@@ -153,7 +158,6 @@ def _declares(bench: DefenseBench, name: str) -> None:
     flags = {f: getattr(cls, f) for f in ("differentiable", "randomized", "needs_training")}
     wrong = [f"{f} = {v!r}" for f, v in flags.items() if not isinstance(v, bool)]
     require(not wrong, f"{', '.join(wrong)}: declare True or False.")
-    require(isinstance(bench.build(name), Defense), "building it did not return a Defense.")
 
 
 def _documented(bench: DefenseBench, name: str) -> None:  # noqa: ARG001 - the bench is unused
@@ -170,8 +174,6 @@ def _forward(bench: DefenseBench, name: str) -> None:
     defense, (x, _) = bench.fitted(name), bench.probe(name)
     x0 = x.clone()
     check_output(defense, name, x)  # PluginContractError: kind, shape, finiteness, [0,1]
-    with torch.no_grad():
-        defense(x)
     require(torch.equal(x, x0), "forward() changed its input images in place; work on a copy.")
 
 
@@ -247,14 +249,24 @@ def _weights_cached(bench: DefenseBench, name: str) -> None:
                           "not change between two builds with the same options.")
 
     again.fit = refit  # type: ignore[method-assign]
-    fit_or_load(again, bench.context(bench.shape(name)))
+    ctx = bench.context(bench.shape(name))
+    fit_or_load(again, ctx)
+    bench.compose(again.eval(), ctx)
     want, got = fitted.state_dict(), again.state_dict()
     require(list(want) == list(got), f"the reloaded state_dict has other keys: "
                                      f"{sorted(set(want) ^ set(got))[:5]}")
     differ = [k for k in want if not torch.equal(want[k], got[k])]
-    require(not differ, f"the reloaded weights differ from the trained ones in {differ[:5]}: "
-                        f"keep every trained tensor in the module's state_dict (parameters or "
-                        f"buffers), set in fit().")
+    require(not differ, f"the reloaded weights differ from the trained ones in {differ[:5]}.")
+    x, _ = bench.probe(name)
+    outs = []
+    for d in (fitted, again):
+        with rng_isolated(x.device), torch.no_grad():
+            torch.manual_seed(1)
+            outs.append(d(x))
+    require(torch.allclose(outs[0], outs[1], atol=1e-6),
+            "reloaded from the cache it computes other outputs than when trained: keep every "
+            "trained tensor in the module's state_dict (parameters or buffers, set in fit()), "
+            "not in plain attributes.")
 
 
 def _fit_lowers_loss(bench: DefenseBench, name: str) -> None:

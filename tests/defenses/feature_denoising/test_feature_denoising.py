@@ -259,6 +259,6 @@ def test_fit_uses_the_datasets_default_eps_and_records_it(tmp_path) -> None:
     net = DEFENSES.build("fd-null", epochs=1, batch_size=20, attack_steps=1)
     meta = fit_or_load(net, ctx)
     assert meta["eps"] == Digits.default_eps and meta["attack"]["eps"] == Digits.default_eps
-    assert meta["iterations"] == 2 and 0 <= meta["clean_start_fraction"] <= 1
+    assert meta["iterations"] == 2 and meta["train_images"] == 40
     assert "scaled_from_paper" in net.metadata()
     assert DEFENSES.build("fd-null", eps="16/255").eps == pytest.approx(16 / 255)
