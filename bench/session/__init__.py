@@ -60,7 +60,8 @@ class Session:
         cfg: the run's configuration (:class:`~bench.config.RunConfig`); ``options`` are
             fields of it to override (``n=100``, ``seed=1``, ``defense_opts={...}``...).
         cache: the weight and tensor cache (default: ``$BENCH_CACHE_DIR``).
-        device: where everything runs (default: ``cfg.device`` resolved).
+        device: where everything runs (default: ``cfg.device`` resolved when ``cfg`` is given,
+            else the CPU).
         batch_auto: its ``--batch-size auto`` already resolved elsewhere (the Ray driver).
     """
 
@@ -74,8 +75,9 @@ class Session:
         self.info = self.dataset.info
         self.model_name = model or self.info.models[0]
         self.n, self.seed, self.eot = self.cfg.n, self.cfg.seed, self.cfg.eot
-        self.device = (device if isinstance(device, torch.device)
-                       else resolve_device(device or self.cfg.device))
+        if device is None:  # a session made by hand runs on the CPU unless told otherwise
+            device = self.cfg.device if cfg is not None else "cpu"
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.cache = cache or Cache()
         self.determinism = configure_determinism(self.device, self.cfg.deterministic)
         self.data = TestSlice(self.dataset, self.n, self.cache, lambda: self.batch_size)
