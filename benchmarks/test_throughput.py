@@ -31,6 +31,7 @@ from bench.config import RunConfig
 from bench.executors import run_grid
 from bench.runtime import resolve_device
 from bench.session import Session
+from bench.session.adversarial import AdversarialSets
 from bench.store import Store
 from benchmarks.test_pgd_overhead import _dataset
 
@@ -176,9 +177,9 @@ def test_attacking_only_the_survivors_saves_the_images_wrong_clean(
     dataset, n = ("digits", 60) if tiny else (_dataset(), 500)
     attack = "pgd10" if tiny else "pgd100"
     cache = Cache(scratch / "cache")
-    craft = Session.craft
+    craft = AdversarialSets.craft
 
-    def everything(self: Session, attack: Any, target: Any, x: Any, y: Any, seed_of: Any,
+    def everything(self: AdversarialSets, attack: Any, target: Any, x: Any, y: Any, seed_of: Any,
                    keep: Any = None, **kw: Any) -> Any:
         return craft(self, attack, target, x, y, seed_of, None, **kw)
 
@@ -190,7 +191,7 @@ def test_attacking_only_the_survivors_saves_the_images_wrong_clean(
         frame = Store(scratch / "grid.sqlite").frame()
         row = frame[frame["defense"] == defense].iloc[0]
         with monkeypatch.context() as m:
-            m.setattr(Session, "craft", everything)
+            m.setattr(AdversarialSets, "craft", everything)
             whole = _run(cfg, scratch, cache)
         report.ratio(f"attack every image / only the survivors, {defense} {attack} whitebox",
                      whole / survivors, f">= n/attacked = {n / row['metadata']['attacked']:.3f}",

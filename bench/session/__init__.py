@@ -23,6 +23,7 @@ against the clean slice whenever it is used, computed or read back.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,16 +81,27 @@ class Session:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.cache = cache or Cache()
         self.determinism = configure_determinism(self.device, self.cfg.deterministic)
-        self.data = TestSlice(self.dataset, self.n, self.cache, lambda: self.batch_size)
+        # The components ask the facade for the batch size (and the classifier) through a weak
+        # reference: no cycle, so a session is freed, its scratch sets removed, when its last
+        # reference goes.
+        me = weakref.ref(self)
+
+        def batch_size() -> int:
+            return me().batch_size  # type: ignore[union-attr]
+
+        def classifier() -> nn.Module:
+            return me().classifier  # type: ignore[union-attr]
+
+        self.data = TestSlice(self.dataset, self.n, self.cache, batch_size)
         self.models = ModelRoles(self.dataset, self.model_name, self.cfg, self.cache, self.device)
         self.defenses = SessionDefenses(self.models, self.data, self.cfg, self.device)
         self.attacks = SessionAttacks(self.cfg)
         self.batch = BatchSize(self.cfg, self.models, self.defenses, self.data, self.cache,
                                self.device, self.determinism, batch_auto)
         self.sets = AdversarialSets(self.data, self.models, self.defenses, self.cfg,
-                                    self.cache, self.device, lambda: self.batch_size)
-        self.evaluator = Evaluator(self.data, lambda: self.classifier, lambda: self.batch_size,
-                                   self.device, self.cfg.eval_draws, self.cfg.channels_last)
+                                    self.cache, self.device, batch_size)
+        self.evaluator = Evaluator(self.data, classifier, batch_size, self.device,
+                                   self.cfg.eval_draws, self.cfg.channels_last)
 
     @classmethod
     def for_config(cls, cfg: RunConfig, dataset: str, model: str | None = None,
