@@ -42,14 +42,14 @@ from bench.session.adversarial import AdversarialSets
 from bench.session.attacks import SessionAttacks
 from bench.session.batch import BatchSize
 from bench.session.checks import validate
-from bench.session.defenses import PROBE, SessionDefenses, baseline_name
+from bench.session.defenses import SessionDefenses, baseline_name
 from bench.session.evaluate import Evaluator
 from bench.session.roles import ModelRoles
 from bench.session.slice import SPLIT, TestSlice
 from bench.stream import Images
 from bench.threat import Target, Threat
 
-__all__ = ["PROBE", "SPLIT", "Session", "baseline_name"]
+__all__ = ["SPLIT", "Session", "baseline_name"]
 
 
 class Session:
