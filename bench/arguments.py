@@ -9,6 +9,7 @@ from typing import Any
 
 from bench.config import EXECUTORS, PRECISIONS, RunConfig, parse_options, split_list
 from bench.errors import BenchError
+from bench.plugin_files import load_plugins
 
 
 def positive_int(text: str) -> int:
@@ -25,9 +26,17 @@ def batch_size_arg(text: str) -> int | str:
     return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
+def plugins_option(p: argparse.ArgumentParser) -> None:
+    """``--plugins PATH``: plugin files or folders to import first (bench.plugin_files)."""
+    p.add_argument("--plugins", action="append", metavar="PATH",
+                   help="a plugin file (.py with decorated plugins) or a folder of them, "
+                        "imported first (repeatable; also $BENCH_PLUGINS)")
+
+
 def common_options(p: argparse.ArgumentParser) -> None:
     """Options shared by run, train and plot. Defaults are None: the value then comes from the
     config file, else from :class:`RunConfig`'s defaults (the precedence of ``--config``)."""
+    plugins_option(p)
     p.add_argument("--dataset", default=None, help="comma list (default: digits, embedded)")
     p.add_argument("--model", default=None, help="comma list (default: the dataset's model)")
     p.add_argument("--data-root", default=None, help="data folder (or $BENCH_DATA_ROOT)")
@@ -122,6 +131,7 @@ FIELDS = {
     "ray_cpus": ("ray_cpus", None),
     "train_precision": ("train_precision", None), "attack_precision": ("attack_precision", None),
     "channels_last": ("channels_last", None), "deterministic": ("deterministic", None),
+    "plugins": ("plugins", None),
 }
 
 
@@ -133,7 +143,9 @@ def run_config(args: argparse.Namespace, **defaults: Any) -> RunConfig:
         value = getattr(args, dest, None)
         if value is not None:
             given[name] = convert(value) if convert else value
-    return RunConfig.resolve(given, getattr(args, "config", None), defaults)
+    cfg = RunConfig.resolve(given, getattr(args, "config", None), defaults)
+    load_plugins(cfg.plugins)  # a config file's plugins (the command line's are loaded already)
+    return cfg
 
 
 def from_config_file(args: argparse.Namespace, message: str) -> str:

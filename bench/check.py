@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from bench.arguments import plugins_option
+
 DESCRIPTION = """Run the contract checks on installed defenses and attacks: one line per check
 (PASS, FAIL: why, or SKIP: why), then a count; exit status 1 when a check fails."""
 EPILOG = """examples:
@@ -30,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="registered defenses or attacks (default: every one)")
     p.add_argument("--list", action="store_true", help="list the checks and what each verifies")
+    plugins_option(p)
     p.set_defaults(func=cmd_check)
 
 

@@ -18,6 +18,7 @@ from bench.arguments import (
     executor_options,
     from_config_file,
     grid_options,
+    plugins_option,
     positive_int,
     run_config,
 )
@@ -32,6 +33,7 @@ from bench.config import (
 )
 from bench.data import get_dataset
 from bench.errors import BenchError, ConfigError
+from bench.plugin_files import env_paths, load_plugins, origin
 from bench.registry import REGISTRIES
 from bench.runtime import set_quiet
 from bench.session import Session
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     common_options(run)
     grid_options(run)
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything and print the cells the run would compute (and "
+                          "which are stored already); train, attack and write nothing")
     run.set_defaults(func=cmd_run)
 
     train = sub.add_parser("train", help="train (and cache) a classifier and defenses")
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered plugins")
     lst.add_argument("what", choices=sorted(REGISTRIES))
     lst.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'pgd*'")
+    plugins_option(lst)
     lst.set_defaults(func=cmd_list)
 
     lb = sub.add_parser("leaderboard", help="print or export the leaderboard")
@@ -149,6 +155,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.session import baseline_name
 
     cfg = run_config(args)
+    if args.dry_run:
+        from bench.dry_run import dry_run
+
+        print(dry_run(cfg), end="")
+        return 0
     store = open_store(results_path(cfg.results))
     hashes = run_grid(cfg, store)
     print(render(store.frame(hashes), "md", baseline=baseline_name()))
@@ -186,15 +197,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     reg = REGISTRIES[args.what]
-    rows = [(e.name, e.kind, e.description + "".join(f" [{k}={v}]" for k, v in e.overrides.items()))
+    rows = [(e.name, e.kind, origin(e.module),
+             e.description + "".join(f" [{k}={v}]" for k, v in e.overrides.items()))
             for e in reg.entries(args.pattern)]
     if not rows:
         raise ConfigError(f"No {args.what} match {args.pattern!r}. See: python -m bench list "
                           f"{args.what}")
-    width = max(len(r[0]) for r in rows)
-    kind_w = max(len(r[1]) for r in rows)
-    for name, kind, desc in rows:
-        print(f"{name:<{width}}  {kind:<{kind_w}}  {desc}")
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    for name, kind, where, desc in rows:
+        print(f"{name:<{width[0]}}  {kind:<{width[1]}}  {where:<{width[2]}}  {desc}")
     return 0
 
 
@@ -276,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     set_quiet(args.quiet)
     try:
+        load_plugins([*env_paths(), *(getattr(args, "plugins", None) or [])])
         if args.command in ("run", "train", "plot"):  # they write trained weights and sets
             check_output_path(cache_dir(), f"The cache folder (${ENV_CACHE_DIR})", folder=True)
         return int(args.func(args))

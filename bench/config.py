@@ -270,6 +270,8 @@ class RunConfig:
     executor: str = "local"
     ray_address: str | None = None
     ray_cpus: int = 1
+    # Plugin files or folders to import (bench.plugin_files); in no cell's hash, as executor.
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -339,6 +341,8 @@ class RunConfig:
         if cpus is not None and cpus <= 0:
             raise ConfigError(f"--ray-cpus {cpus} must be a positive number of CPUs per task.")
         put(self, "ray_cpus", cpus)
+        paths = self.plugins.split(os.pathsep) if isinstance(self.plugins, str) else self.plugins
+        put(self, "plugins", tuple(dict.fromkeys(_names("plugins", paths))))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -372,7 +376,12 @@ class RunConfig:
         by key, the command line winning."""
         file_values = cls.read_file(path) if path else {}
         env = {"executor": os.environ[ENV_EXECUTOR]} if os.environ.get(ENV_EXECUTOR) else {}
+        if path and isinstance(file_values.get("plugins"), list):  # relative to the file
+            file_values["plugins"] = [str(Path(path).parent / p) if isinstance(p, str) else p
+                                      for p in file_values["plugins"]]
         merged = {**env, **(defaults or {}), **file_values, **given}
+        if isinstance(file_values.get("plugins"), list) and "plugins" in given:  # both load
+            merged["plugins"] = [*file_values["plugins"], *given["plugins"]]
         for name in ("defense_opts", "attack_opts", "model_opts"):
             if isinstance(file_values.get(name), dict) and name in given:
                 merged[name] = {**file_values[name], **given[name]}

@@ -9,15 +9,15 @@ from importlib import metadata
 
 import torch
 
-import bench
 from bench.config import PROJECT_ROOT
+from bench.version import __version__
 
 
 def versions() -> dict[str, str]:
     """Library versions recorded in every row."""
     # CPU float reductions depend on the thread count, so weights trained with another count
     # differ in their last bits (and a cell evaluated with them in its numbers): recorded.
-    out = {"python": platform.python_version(), "bench": bench.__version__,
+    out = {"python": platform.python_version(), "bench": __version__,
            "torch_threads": str(torch.get_num_threads())}
     for pkg in ("torch", "torchvision", "torchattacks", "timm", "numpy"):
         try:

@@ -20,6 +20,7 @@ import importlib
 import inspect
 import logging
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -90,6 +91,12 @@ def registered_params(obj: Any) -> dict[str, Any]:
     return dict(getattr(obj, "params", {}))
 
 
+def _file_of(module: str) -> str:
+    """The file ``module`` was imported from (a plugin file's path), else the module's name."""
+    mod = sys.modules.get(module)
+    return str(getattr(mod, "__file__", None) or module)
+
+
 def _describe(obj: Any, description: str | None) -> str:
     if description:
         return description
@@ -153,8 +160,8 @@ class Registry(Generic[T]):
         if entry.name in self._entries:
             other = self._entries[entry.name]
             raise DuplicatePluginError(
-                f"{self.kind} '{entry.name}' is registered twice: in {other.module} and in "
-                f"{entry.module}. Rename one of them."
+                f"{self.kind} '{entry.name}' is registered twice: in {_file_of(other.module)} "
+                f"and in {_file_of(entry.module)}. Rename one of them."
             )
         self._entries[entry.name] = entry
 

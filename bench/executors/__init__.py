@@ -12,6 +12,7 @@ from bench.config import RunConfig
 from bench.executors.base import Executor
 from bench.executors.local import LocalExecutor
 from bench.executors.ray_executor import RayExecutor
+from bench.plugin_files import load_plugins
 from bench.store import Store
 
 BY_NAME: dict[str, type[Executor]] = {e.name: e for e in (LocalExecutor, RayExecutor)}
@@ -24,7 +25,9 @@ def executor_for(cfg: RunConfig, cache: Cache | None = None) -> Executor:
 
 def run_grid(cfg: RunConfig, store: Store, cache: Cache | None = None) -> list[str]:
     """Run every cell of ``cfg``'s grid not yet in ``store`` through the executor the
-    configuration names; return the hashes of all cells of the grid."""
+    configuration names; return the hashes of all cells of the grid. The plugin files the
+    configuration names (``cfg.plugins``) are imported first."""
+    load_plugins(cfg.plugins)
     return executor_for(cfg, cache).run(store)
 
 

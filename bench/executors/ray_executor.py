@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,7 @@ from bench.config import RunConfig, data_root
 from bench.errors import BenchError, ConfigError
 from bench.executors.base import Executor
 from bench.plan import Group, Planner
+from bench.plugin_files import PACKAGE as PLUGIN_FILES
 from bench.registry import REGISTRIES
 from bench.session import Session
 from bench.store import CellResult
@@ -85,9 +87,12 @@ def shipped_plugins() -> dict[str, list[Any]]:
     out = {}
     for kind, reg in REGISTRIES.items():
         reg.load()
-        base = (reg.builtin or "").split(".")[0]
-        out[kind] = [e for e in reg.entries()
-                     if not (base and e.module.split(".")[0] == base) and ":" not in e.name]
+        base = reg.builtin or ""
+        out[kind] = [e for e in reg.entries() if ":" not in e.name and not (
+            base and (e.module == base or e.module.startswith(base + ".")))]
+        for e in out[kind]:  # a plugin file's module cannot be imported by name on a worker
+            if e.module.startswith(PLUGIN_FILES + ".") and e.module in sys.modules:
+                import_ray().cloudpickle.register_pickle_by_value(sys.modules[e.module])
     return out
 
 
