@@ -5,6 +5,7 @@ this repository::
     python -m bench check blur3 my-fgsm          # one line per check: PASS, FAIL: why, SKIP: why
     python -m pytest --pyargs bench.testing      # every registered plugin, as pytest tests
     BENCH_CHECK=blur3,my-fgsm python -m pytest --pyargs bench.testing
+    BENCH_PLUGINS=my_blur.py BENCH_CHECK=my-blur python -m pytest --pyargs bench.testing
 
 The checks (:data:`DEFENSE_CHECKS` in :mod:`.defense_contract`, :data:`ATTACK_CHECKS` in
 :mod:`.attack_contract`) run on tiny data and models (:mod:`.tiny`), with training and attack
@@ -53,7 +54,10 @@ def selected(names: Sequence[str] | None = None) -> dict[str, list[str]]:
     """The plugins to check, by kind: ``names`` (default: ``$BENCH_CHECK``, comma-separated;
     unset, every registered defense and attack). A name registered as both a defense and an
     attack is checked as both; one registered as neither is an UnknownPluginError suggesting
-    the closest names."""
+    the closest names. The plugin files of ``$BENCH_PLUGINS`` are imported first."""
+    from bench.plugin_files import env_paths, load_plugins
+
+    load_plugins(env_paths())
     if names is None:
         env = os.environ.get(ENV_SELECT, "")
         names = [n.strip() for n in env.split(",") if n.strip()] or None
