@@ -121,8 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="print or export the leaderboard")
     lb.add_argument("--results", default=None)
-    lb.add_argument("--format", default="md", choices=["md", "csv", "json", "html"])
-    lb.add_argument("--out", default=None, help="write leaderboard.<fmt> into this folder")
+    lb.add_argument("--format", default="md",
+                    choices=["md", "csv", "json", "html", "robustbench"],
+                    help="md (default), csv, json, html (the page) or robustbench (one "
+                         "RobustBench model-info JSON per row and eps)")
+    lb.add_argument("--out", default=None, help="write leaderboard.<fmt> into this folder "
+                    "(robustbench: OUT/model_info/<dataset>/<Linf|L2>/*.json)")
+    lb.add_argument("--plots", action="append", metavar="FOLDER",
+                    help="html: embed the PNG plots of this folder (repeatable; default: "
+                         "OUT/plots, the plots folder beside the store and results/plots, "
+                         "where `bench plot` writes)")
     lb.set_defaults(func=cmd_leaderboard)
 
     plot = sub.add_parser("plot", help="analysis plots (PNG, SVG and CSV; paths on stdout)",
@@ -215,7 +223,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     store = open_store(results_path(args.results), must_exist=True)
     out = check_output_path(args.out, "--out", folder=True) if args.out else None
-    print(render(store.frame(), args.format, out_dir=out, baseline=baseline_name()))
+    plots = [Path(p) for p in args.plots] if args.plots else [
+        *([Path(out) / "plots"] if out else []), store.path.parent / "plots",
+        results_path().parent / "plots"]  # where `bench plot` writes by default
+    print(render(store.frame(), args.format, out_dir=out, baseline=baseline_name(),
+                 plot_dirs=plots))
     return 0
 
 

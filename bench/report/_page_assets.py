@@ -5,7 +5,9 @@ The script makes every ``table.sortable`` sort on a click of a header (numbers b
 cell's ``data-v`` when it has one, else its text read as a number where it is one; empty cells
 and ``–`` last in either direction; ties keep their order) and marks the table
 ``sortable-ready``. ``?sort=TABLE_ID:COLUMN[:desc]`` sorts a table on load, ``?open=all`` opens
-every ``<details>``, and a ``#id`` naming a ``<details>`` opens it. Nothing is loaded.
+every ``<details>``, and a ``#id`` naming a ``<details>`` opens it. In a chart
+(``svg.chart``), hovering a line or a legend entry (``data-s``) fades the other defenses, and
+a click keeps the choice until the next click. Nothing is loaded.
 """
 
 from __future__ import annotations
@@ -38,7 +40,18 @@ summary { cursor: pointer; }
 p.caption, p.note { max-width: 70em; color: #444; }
 code { background: #f4f4f4; padding: 0 .25em; margin-right: .3em; font-size: .9em; }
 figure { margin: 1em 0; }
+figure.chart-figure { overflow-x: auto; }
+figure.chart-figure figcaption { font-weight: 600; margin-bottom: .2em; }
+svg.chart text { fill: #222; }
+svg.chart .series, svg.chart .legend-item { transition: opacity .15s; }
+svg.chart .legend-item[data-s], svg.chart .series { cursor: pointer; }
+svg.chart.focused .series:not(.focus), svg.chart.focused .legend-item[data-s]:not(.focus)
+  { opacity: .15; }
+svg.chart.focused .series.focus path.line { stroke-width: 3; }
+ul.searched { margin: .2em 0 .6em; }
+p.empty { background: #f6f6f6; border-left: 4px solid #bbb; padding: .5em .8em; }
 img { max-width: 100%; }
+figure.plot img { max-width: min(100%, 60em); }
 nav a { margin-right: 1em; }
 """
 
@@ -98,5 +111,24 @@ SCRIPT = r"""
   }
   window.addEventListener("hashchange", openHash);
   openHash();
+  // charts: a line or legend entry picks out one defense (hover; a click keeps it picked)
+  document.querySelectorAll("svg.chart").forEach(function (svg) {
+    var pinned = null;
+    function focus(s) {
+      svg.classList.toggle("focused", s !== null);
+      svg.querySelectorAll("[data-s]").forEach(function (el) {
+        el.classList.toggle("focus", s !== null && el.getAttribute("data-s") === s);
+      });
+    }
+    svg.querySelectorAll("[data-s]").forEach(function (el) {
+      var s = el.getAttribute("data-s");
+      el.addEventListener("mouseenter", function () { if (pinned === null) focus(s); });
+      el.addEventListener("mouseleave", function () { if (pinned === null) focus(null); });
+      el.addEventListener("click", function () {
+        pinned = pinned === s ? null : s;
+        focus(pinned === null ? s : pinned);
+      });
+    });
+  });
 })();
 """

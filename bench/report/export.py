@@ -1,10 +1,11 @@
-"""The leaderboard as Markdown (with its caption), CSV, JSON and a static HTML page."""
+"""The leaderboard as Markdown (with its caption), CSV, JSON, a static HTML page, and RobustBench
+model-info files (:mod:`bench.report.robustbench`)."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from bench.errors import ConfigError
 from bench.report.caption import BPDA_MARK, EOT_MARK, caption
 from bench.report.identity import _native
 from bench.report.page import build_page
+from bench.report.robustbench import model_infos
 from bench.report.tables import (
     FORMATS,
     _plain,
@@ -22,6 +24,8 @@ from bench.report.tables import (
     leaderboard,
     long_table,
 )
+
+EXPORTS = (*FORMATS, "robustbench")  # what render writes: the tables' formats and RobustBench's
 
 
 def _pct(value: Any) -> str:
@@ -108,32 +112,61 @@ def to_records(long: pd.DataFrame) -> list[dict[str, Any]]:
     return records
 
 
-def to_html(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None = None) -> str:
+def to_html(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | None = None,
+            plot_dirs: Sequence[Path] | None = None) -> str:
     """The self-contained leaderboard page (:func:`bench.report.page.build_page`): the wide table
-    with the headline first, flags and legend, breakdown, one detail view per row, the PNG plots
-    under ``out_dir/plots`` embedded, and every cell; sortable tables, no network."""
-    return build_page(df, baseline, out_dir)
+    with the headline first, flags and legend, the charts of accuracy against eps, the breakdown
+    as bars and a table, one detail view per row, the PNG plots of ``plot_dirs`` (default
+    ``out_dir/plots``) embedded, and every cell; sortable tables, no network."""
+    return build_page(df, baseline, out_dir, plot_dirs=plot_dirs)
+
+
+def write_robustbench(df: pd.DataFrame, out_dir: str | Path,
+                      baseline: str | None = None) -> list[Path]:
+    """Write every leaderboard row, at each of its eps, as a RobustBench model-info JSON file
+    under ``out_dir`` (:func:`bench.report.robustbench.model_infos`: ``out_dir/model_info/
+    <dataset>/<Linf|L2>/<model>_<defense>_eps<eps>.json``, folders created). Returns the paths.
+
+    Raises:
+        ConfigError: ``df`` is empty.
+    """
+    paths = []
+    for rel, info in model_infos(df, baseline).items():
+        path = Path(out_dir) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths
 
 
 def render(df: pd.DataFrame, fmt: str, out_dir: str | Path | None = None,
-           baseline: str | None = None) -> str:
-    """Render the leaderboard as ``md``, ``csv``, ``json`` or ``html``.
+           baseline: str | None = None, plot_dirs: Sequence[Path] | None = None) -> str:
+    """Render the leaderboard as ``md``, ``csv``, ``json``, ``html`` or ``robustbench``.
 
     Args:
         df: cells as returned by ``Store.frame()``.
         fmt: ``md`` (wide table in %, with a caption), ``csv`` (long table), ``json`` (long
-            table as records), ``html`` (static page with the tables and ``out_dir/plots/*.png``).
+            table as records), ``html`` (static page with the tables, charts and plots),
+            ``robustbench`` (one RobustBench model-info JSON per row and eps).
         out_dir: when given, write ``out_dir/leaderboard.<fmt>`` (directory created) and return
-            its path; otherwise return the text.
+            its path (``robustbench``: the files of :func:`write_robustbench`, their paths one a
+            line); otherwise return the text (``robustbench``: one JSON object, relative path ->
+            model info).
         baseline: the defense shown first in each block (see :func:`leaderboard`).
+        plot_dirs: ``html``: the folders whose PNG plots are embedded (default
+            ``out_dir/plots``).
 
     Raises:
         ConfigError: unknown ``fmt``, or ``df`` is empty.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"Unknown report format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    if fmt not in EXPORTS:
+        raise ConfigError(f"Unknown report format {fmt!r}: use one of {', '.join(EXPORTS)}.")
     df = _require(df)
     out = Path(out_dir) if out_dir is not None else None
+    if fmt == "robustbench":
+        if out is not None:
+            return "\n".join(map(str, write_robustbench(df, out, baseline)))
+        return json.dumps(model_infos(df, baseline), indent=1, ensure_ascii=False) + "\n"
     if fmt == "md":
         text = to_markdown(leaderboard(df, baseline), caption(df))
     elif fmt == "csv":
@@ -141,7 +174,7 @@ def render(df: pd.DataFrame, fmt: str, out_dir: str | Path | None = None,
     elif fmt == "json":
         text = json.dumps(to_records(long_table(df, baseline)), indent=1) + "\n"
     else:
-        text = to_html(df, baseline, out)
+        text = to_html(df, baseline, out, plot_dirs)
     if out is None:
         return text
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -305,3 +306,119 @@ def test_eot_splits_a_column_only_where_one_row_needs_it(tmp_path: Path) -> None
     rand = wide.set_index("defense").loc["rand"]
     assert rand["pgd10/whitebox@8/255 (eot=20)"] == pytest.approx(0.25)
     assert rand["pgd10/whitebox@8/255 (eot=none)"] == pytest.approx(0.75)
+
+
+# Two entries of RobustBench's own model_info/cifar10/Linf folder, verbatim (RobustBench/
+# robustbench at 78fcc9e, Carmon2019Unlabeled.json and Atzmon2019Controlling.json): together
+# they hold every field a Linf entry has (the second has a footnote, the first "unreliable").
+ROBUSTBENCH_ENTRIES = ["""{
+  "link": "https://arxiv.org/abs/1905.13736",
+  "name": "Unlabeled Data Improves Adversarial Robustness",
+  "authors": "Yair Carmon, Aditi Raghunathan, Ludwig Schmidt, Percy Liang, John C. Duchi",
+  "additional_data": true,
+  "number_forward_passes": 1,
+  "dataset": "cifar10",
+  "venue": "NeurIPS 2019",
+  "architecture": "WideResNet-28-10",
+  "eps": "8/255",
+  "clean_acc": "89.69",
+  "reported": "62.5",
+  "autoattack_acc": "59.53",
+  "unreliable": false
+}""", """{
+  "link": "https://arxiv.org/abs/1905.11911",
+  "name": "Controlling Neural Level Sets",
+  "authors": "Matan Atzmon, Niv Haim, Lior Yariv, Ofer Israelov, Haggai Maron, Yaron Lipman",
+  "additional_data": false,
+  "number_forward_passes": 1,
+  "dataset": "cifar10",
+  "venue": "NeurIPS 2019",
+  "architecture": "ResNet-18",
+  "eps": "0.031",
+  "clean_acc": "81.30",
+  "reported": "43.17",
+  "footnote": "Uses \\\\(\\\\ell_{\\\\infty} \\\\) = 0.031 \\u2248 7.9/255 instead of 8/255.",
+  "autoattack_acc": "40.22"
+}"""]
+
+
+@pytest.fixture
+def rb_frame(tmp_path: Path) -> pd.DataFrame:
+    """none and jpeg (its oblivious fgsm breaks an image the whitebox one does not: WO) at two
+    eps, and a randomized defense evaluated with 10 draws per image."""
+    store = Store(tmp_path / "rb.sqlite")
+    cells = [_cell("none", "fgsm", "oblivious", [1, 0, 0, 0]),
+             _cell("none", "fgsm", "whitebox", [1, 0, 0, 0]),
+             _cell("jpeg", "fgsm", "oblivious", [1, 0, 1, 1]),
+             _cell("jpeg", "fgsm", "whitebox", [1, 1, 1, 1], bpda=True),
+             _cell("jpeg", "fgsm", "oblivious", [1, 1, 0, 0], eps=0.1),
+             _cell("jpeg", "fgsm", "whitebox", [1, 0, 1, 0], eps=0.1, bpda=True),
+             _cell("randomization", "fgsm", "oblivious", [1, 1, 0, 0], clean=[1, 1, 1, 0])]
+    cells[-1].config = {"eval_draws": 10}
+    for c in cells:
+        store.add(c)
+    return store.frame()
+
+
+def test_robustbench_entries_have_the_real_field_set_and_the_stores_values(
+        rb_frame: pd.DataFrame, tmp_path: Path) -> None:
+    real = [json.loads(e) for e in ROBUSTBENCH_ENTRIES]
+    fields = set().union(*real)
+    paths = [Path(p) for p in render(rb_frame, "robustbench", out_dir=tmp_path / "rb",
+                                     baseline="none").splitlines()]
+    root = tmp_path / "rb" / "model_info" / "digits" / "Linf"
+    assert sorted(p.relative_to(root).as_posix() for p in paths) == [
+        "cnn_jpeg_eps0.1.json", "cnn_jpeg_eps8-255.json", "cnn_none_eps8-255.json",
+        "cnn_randomization_eps8-255.json"]
+    got = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in paths}
+    for info in got.values():
+        assert set(info) == fields
+        for key, value in info.items():  # RobustBench's types: numbers as strings, ...
+            if value is not None:
+                assert all(type(value) is type(r[key]) for r in real if key in r), key
+    jpeg = got["cnn_jpeg_eps8-255.json"]
+    assert (jpeg["dataset"], jpeg["eps"], jpeg["clean_acc"], jpeg["autoattack_acc"]) == (
+        "digits", "8/255", "100.00", "75.00")  # fgsm/obl [1,0,1,1] & fgsm/wb [1,1,1,1]
+    assert jpeg["unreliable"] is True and "WO (whitebox weaker than oblivious" in \
+        jpeg["footnote"]
+    assert jpeg["number_forward_passes"] == 1 and jpeg["reported"] is None
+    assert jpeg["additional_data"] is None  # not recorded: never guessed
+    assert jpeg["link"] == "https://arxiv.org/abs/1705.02900" and jpeg["venue"] == "2017"
+    assert jpeg["architecture"] == "jpeg + cnn"
+    assert "worst case over the 2 stored attacks (fgsm/oblivious@8/255, fgsm/whitebox@8/255)" \
+        in jpeg["footnote"]  # the strongest first
+    assert got["cnn_jpeg_eps0.1.json"]["eps"] == "0.1"
+    # per image, not the weaker of two means (50%): [1,1,0,0] & [1,0,1,0]
+    assert got["cnn_jpeg_eps0.1.json"]["autoattack_acc"] == "25.00"
+    rand = got["cnn_randomization_eps8-255.json"]
+    assert (rand["number_forward_passes"], rand["clean_acc"], rand["autoattack_acc"],
+            rand["unreliable"]) == (10, "75.00", "50.00", False)
+    assert rand["name"] == "Mitigating Adversarial Effects Through Randomization"
+    none = got["cnn_none_eps8-255.json"]
+    assert (none["autoattack_acc"], none["link"], none["unreliable"]) == ("25.00", None, False)
+
+
+def test_robustbench_without_out_prints_one_object_and_names_are_unique(
+        frame: pd.DataFrame) -> None:
+    infos = json.loads(render(frame, "robustbench", baseline="none"))
+    # the fixture holds two 'advtrain' rows (n = 8 and n = 4) at 8/255: a digest tells them
+    # apart, and each holds its own slice's numbers
+    names = [p for p in infos if p.startswith("model_info/digits/Linf/cnn_advtrain_eps8-255-")]
+    assert len(names) == 2
+    assert sorted(infos[p]["autoattack_acc"] for p in names) == ["50.00", "75.00"]
+    assert {infos[p]["architecture"] for p in names} == {"advtrain"}  # a model defense
+    assert all(re.fullmatch(r"model_info/[A-Za-z0-9._/-]+\.json", p) for p in infos)
+    assert infos == json.loads(render(frame, "robustbench", baseline="none"))  # stable
+
+
+def test_cli_exports_robustbench_files(rb_frame: pd.DataFrame, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cli import main
+
+    out = tmp_path / "out"
+    assert main(["leaderboard", "--results", str(tmp_path / "rb.sqlite"), "--format",
+                 "robustbench", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 4 and all(Path(p).is_file() for p in printed)
+    assert json.loads((out / "model_info/digits/Linf/cnn_none_eps8-255.json").read_text(
+        encoding="utf-8"))["autoattack_acc"] == "25.00"
