@@ -1,7 +1,9 @@
-"""The README's plugin example, followed literally: its files come from README.md's fenced blocks,
-it is installed editable with the README's own command, and the README's commands are run from the
-folder it was installed from (where a folder named like the module would shadow it; that folder
-also holds packages named ``defenses`` and ``attacks``, which must not hide the built-ins).
+"""The plugin package example of docs/plugins.md, followed literally: its ``pyproject.toml`` and
+its module (the docs' ``blur.py``) come from the docs' blocks (:mod:`tests.test_docs`), it is
+installed editable with the docs' own command, and the docs' commands (the block marked
+``<!-- run by: tests/test_plugin_example.py -->``) are run from the folder it was installed from
+(where a folder named like the module would shadow it; that folder also holds packages named
+``defenses`` and ``attacks``, which must not hide the built-ins).
 
 Each install goes into a throwaway virtual environment that sees the test environment's packages
 through a ``.pth`` file, so the environment running the tests is never modified (and no network
@@ -11,8 +13,6 @@ is needed).
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import subprocess
 import sys
 import sysconfig
@@ -20,40 +20,23 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-HEADING = "## Writing your own defense (or attack) plugin"
+from tests.test_docs import ALL, commands, doc_file
+
 FAST = ["--n", "40", "--eps", "0.2", "--model-opt", "epochs=1"]  # appended: argparse's last wins
+MARK = "tests/test_plugin_example.py"
 
 
-def plugin_section() -> str:
-    """The README's plugin section, from its heading to the next top-level heading."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(HEADING)
-    end = text.index("\n## ", start + len(HEADING))
-    return text[start:end]
+def example_files() -> dict[str, str]:
+    """The package's files: its pyproject.toml, and blur.py as its module."""
+    return {"bench-blur/pyproject.toml": doc_file("bench-blur/pyproject.toml"),
+            "bench-blur/src/bench_blur/__init__.py": doc_file("blur.py")}
 
 
-def fenced_blocks(section: str) -> list[tuple[str, str]]:
-    """``(language, body)`` of every fenced code block of ``section``."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", section, re.S | re.M)
-
-
-def example_files(section: str) -> dict[str, str]:
-    """The blocks whose first line is a comment naming a file path (``# bench-blur/...``)."""
-    files = {}
-    for _, body in fenced_blocks(section):
-        first = body.splitlines()[0] if body else ""
-        match = re.fullmatch(r"#\s*(\S+/\S+\.\w+)", first.strip())
-        if match:
-            files[match.group(1)] = body
-    return files
-
-
-def example_commands(section: str) -> list[list[str]]:
-    """The commands of the section's ``bash`` block, split like a shell would."""
-    bash = [body for lang, body in fenced_blocks(section) if lang in ("bash", "sh", "console")]
-    assert len(bash) == 1, "the plugin section needs exactly one bash block of commands"
-    return [shlex.split(line) for line in bash[0].splitlines() if line.strip()]
+def example_commands() -> list[list[str]]:
+    """The commands of the one block this test runs."""
+    blocks = [b for b in ALL if b.mark == "run by" and b.arg == MARK]
+    assert len(blocks) == 1, f"the docs need exactly one block marked <!-- run by: {MARK} -->"
+    return [c.argv for c in commands(blocks[0].body)]
 
 
 def throwaway_venv(root: Path) -> Path:
@@ -69,7 +52,7 @@ def throwaway_venv(root: Path) -> Path:
 
 
 def pip_install(python: Path, args: list[str], cwd: Path) -> None:
-    """Run the README's ``pip install ...`` for the throwaway interpreter ``python``."""
+    """Run the docs' ``pip install ...`` for the throwaway interpreter ``python``."""
     assert args[:2] == ["pip", "install"], args
     pip = [sys.executable, "-m", "pip", "--python", str(python)]
     probe = subprocess.run([*pip, "--version"], capture_output=True, text=True, check=False)
@@ -96,10 +79,8 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_plugin_example_installs_lists_and_runs(tmp_path: Path) -> None:
-    section = plugin_section()
-    files = example_files(section)
-    assert {"bench-blur/pyproject.toml", "bench-blur/src/bench_blur/__init__.py"} <= set(files)
+def test_docs_plugin_package_installs_lists_and_runs(tmp_path: Path) -> None:
+    files = example_files()
     work = tmp_path / "work"  # the folder holding bench-blur/, where every command runs
     for shadow in ("defenses", "attacks"):  # a user's own folders, named like our plugin packages
         (work / shadow).mkdir(parents=True)
@@ -107,7 +88,7 @@ def test_readme_plugin_example_installs_lists_and_runs(tmp_path: Path) -> None:
     for rel, body in files.items():
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text(body)
-    install, listing, run = example_commands(section)
+    install, listing, run = example_commands()
     assert install == ["pip", "install", "-e", "bench-blur"]
     python = throwaway_venv(tmp_path / "venv")
     pip_install(python, install, work)
@@ -170,7 +151,7 @@ class Blur(Defense):
 
 @pytest.mark.slow
 def test_shadowed_plugin_module_is_an_error_naming_the_package(tmp_path: Path) -> None:
-    """The README's former layout: the folder ``my_defense/`` (no ``__init__.py``) in the current
+    """A layout without ``src/``: the folder ``my_defense/`` (no ``__init__.py``) in the current
     directory shadows the installed module ``my_defense`` as an empty namespace package, so the
     entry point loads and registers nothing: an error naming the package, not an empty list."""
     work = tmp_path / "work"
