@@ -305,7 +305,7 @@ def check_output(defense: Defense, name: str, probe: torch.Tensor) -> None:
     plugin otherwise, before any number is computed with it."""
     out = defense(probe)
     where = f"Defense '{name}' ({type(defense).__module__})"
-    fix = "fix the plugin (see the defense contract in the README)"
+    fix = "fix the plugin (see the defense contract in docs/plugins.md)"
     if not isinstance(out, torch.Tensor):
         raise PluginContractError(f"{where} returned {type(out).__name__}, not a tensor; {fix}.")
     if defense.kind == MODEL:

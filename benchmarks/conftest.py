@@ -19,7 +19,7 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--bench-size", choices=("tiny", "full"),
                      default=os.environ.get("BENCH_BENCH_SIZE", "full"),
-                     help="tiny: a smoke run (CI); full: the sizes the README reports")
+                     help="tiny: a smoke run (CI); full: the sizes docs/performance.md reports")
     parser.addoption("--bench-device", default="cpu",
                      help="the device the benchmarks run on: cpu (default), cuda, cuda:N")
     parser.addoption("--bench-weights", default=os.environ.get("BENCH_BENCH_WEIGHTS"),

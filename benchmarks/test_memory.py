@@ -1,5 +1,6 @@
 """Peak resident memory of a grid at n and at 10 n images of an ImageNet-format folder at 299 px
-(README: 250 and 2,500, i.e. 0.27 and 2.7 GB per float32 copy of the slice). The slice and its
+(docs/performance.md: 250 and 2,500, i.e. 0.27 and 2.7 GB per float32 copy of the slice).
+The slice and its
 adversarial sets stream from disk (``$BENCH_STREAM_BYTES=0`` forces it at both sizes), so the
 peak must not grow with n (target: at most 1.5x). Each grid runs in a fresh process, so each
 peak is its own."""

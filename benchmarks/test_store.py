@@ -1,5 +1,6 @@
 """The result store as it grows: ``done()`` lookups and leaderboard rendering per cell at N and
-10 N cells (README: 10,000 and 100,000). Flat means a ratio near 1 (target: at most 1.5)."""
+10 N cells (docs/performance.md: 10,000 and 100,000). Flat means a ratio near 1 (target: at
+most 1.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The attack contract, checked on one registered attack at a time (see the README's plugin
+"""The attack contract, checked on one registered attack at a time (see docs/plugins.md's plugin
 section and :mod:`bench.attack`).
 
 Calling an attack (:meth:`bench.attack.Attack.__call__`) already refuses a batch of the wrong

@@ -1,4 +1,4 @@
-"""The defense contract, checked on one registered defense at a time (see the README's plugin
+"""The defense contract, checked on one registered defense at a time (see docs/plugins.md's plugin
 section and :mod:`bench.defense`).
 
 Every defense is built on the kit's tiny digits (:mod:`bench.testing.tiny`: 1x28x28, or 3x32x32

@@ -23,7 +23,7 @@ at a near-constant output (clean accuracy 10%, random-weight loss network): the 
 survive a 400x cut. So, NOT in the paper, the AE is first trained ``warmup_epochs=300`` epochs
 (9600 steps on MNIST) on the pixel term of Eq. 4 alone, same optimizer and data,
 then on the full loss; ``warmup_epochs=0`` is the paper's recipe. The warm-up length was chosen by
-measurement (README, perceptual-loss autoencoder): 30 epochs give 75% clean / 63% FGSM
+measurement (docs/defenses.md, perceptual-loss autoencoder): 30 epochs give 75% clean / 63% FGSM
 oblivious (fit 345 s), 300 give 82 / 71 (625 s), 1500 give 85 / 72 (1467 s; 1 thread, shared
 machine); 10,000 training images instead of 2,000 change nothing at equal steps, and the paper's
 recipe with 1280 full-loss steps gives 72 / 59. The paper's 92.1 / 83.0 is not reached within a
