@@ -562,3 +562,19 @@ def test_plugin_file_errors_are_one_line(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert len(errors) == 1 and word in errors[0], proc.stderr
     assert "jpeg.py" in clash.stderr
+
+
+# Prose speaks of the software, never of how it was developed: no issue references, no commit
+# hashes (a 7-40 digit hex word with at least one letter and one digit), no pointer to design
+# notes outside the repository. Digests the software prints (``blur-4b0bccf5``) are joined to a
+# name by a dash, which the pattern does not take for a hash.
+HISTORY = re.compile(r"\bissues? #?\d+|(?<![\w-])#\d+\b|\bcommit\s+[0-9a-f]{7,}|DESIGN\.md"
+                     r"|(?<![\w/.-])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}(?![\w-])",
+                     re.IGNORECASE)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_prose_has_no_development_history(page: Path) -> None:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # prose only
+    found = [m.group(0) for m in HISTORY.finditer(text)]
+    assert not found, f"{page.name}: development history in prose: {found}"
