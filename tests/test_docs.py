@@ -149,12 +149,15 @@ def data_root() -> Path:
 
 def with_repo_paths(argv: list[str]) -> list[str]:
     """``--data-root DIR`` with a relative DIR read from the repository root (the docs' commands
-    run from a checkout); the shared data root when that folder does not exist."""
+    run from a checkout); the shared data root when that folder does not exist. A relative
+    ``--config FILE`` that the repository holds (``nightly/mnist.json``) is read from it too."""
     out = list(argv)
     for i, word in enumerate(out[:-1]):
         if word == "--data-root" and not Path(out[i + 1]).is_absolute():
             path = (REPO / out[i + 1]).resolve()
             out[i + 1] = str(path if path.is_dir() else data_root())
+        elif word == "--config" and (REPO / out[i + 1]).is_file():
+            out[i + 1] = str(REPO / out[i + 1])
     return out
 
 
