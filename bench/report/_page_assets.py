@@ -24,6 +24,8 @@ td.name, td.text, .dataframe td:nth-child(-n+4) { text-align: left; }
 td.text { white-space: normal; }
 th.headline { background: #f5d76e; }
 td.headline { background: #fff4c9; font-weight: 700; font-size: 1.1em; }
+td.headline .ci { font-weight: 400; font-size: .78em; color: #555; }
+td.rank { font-weight: 600; }
 .headline { border-left: 2px solid #b8860b; border-right: 2px solid #b8860b; }
 .flag { display: inline-block; background: #c0392b; color: #fff; border-radius: 3px;
         padding: 0 .35em; font-size: .85em; font-weight: 600; cursor: help; }

@@ -18,7 +18,6 @@ BPDA_MARK = "†"
 EOT_MARK = "‡"
 
 
-
 def caption(df: pd.DataFrame) -> str:
     """One line saying what the numbers are, on how many images, and what produced them."""
     df = _plain(_require(df))
@@ -45,5 +44,12 @@ def caption(df: pd.DataFrame) -> str:
         f"columns are attack/threat@eps (L-inf radius on the [0,1] scale).",
         *(["worst case@eps is the headline: the images correct clean and under every attack "
            "and threat model stored for the row at that eps (attacks@eps: how many, a suite's "
-           "members counted); rows are sorted by it."] if len(df) else []), *marks,
+           "members counted); rows are sorted by it. In parentheses: its 95% Wilson score "
+           "interval over the row's n images, which covers the sampling of the images, not the "
+           "randomness of the attacks or of training. rank@eps, at the eps rows are sorted by: "
+           "the places a row can hold in its dataset and model block, from 1 + the rows whose "
+           "interval lies wholly above its own to the rows ranked minus those wholly below; "
+           "rows whose intervals overlap share a place, so a range (2–3) marks rows not "
+           "separated (each pair compared on its own, overlaps not chained; the baseline is "
+           "not ranked)."] if len(df) else []), *marks,
         f"Produced by bench (git {revs}) on {date}."])

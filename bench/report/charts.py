@@ -5,7 +5,8 @@ model stored, and a last panel "worst case" when there are several; in a panel o
 defense (row), through its accuracy at each eps, the point at eps 0 being its clean accuracy.
 A threat's line is the per-image worst case over that threat's attacks at each eps (the
 headline rule of :mod:`bench.report.headline`, within the threat); the worst-case panel's is
-the headline itself, over every attack and threat. The baseline is drawn black and dashed.
+the headline itself, over every attack and threat, each headline point with its 95% Wilson
+interval over the n images as an error bar. The baseline is drawn black and dashed.
 Colours (colour-blind safe) and marker shapes tell the defenses apart; points of one eps are set
 slightly apart sideways so that equal values stay visible; each point's tooltip gives its
 number.
@@ -22,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,7 +66,8 @@ class Curve:
     row: str  # the row's identity (``_row``)
     key: str  # the row, ``dataset/model/defense`` as the wide table shows it
     defense: str  # its label in the legend
-    points: tuple[tuple[float, float, int], ...]  # (eps, accuracy, attacks covered)
+    # (eps, accuracy, attacks covered, low, high): the 95% interval, NaN at the clean point
+    points: tuple[tuple[float, float, int, float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Panel:
     threat: str  # a threat model's value, or WORST
     title: str
     curves: tuple[Curve, ...]
+    bars: bool = False  # the headline's panel: each point with its 95% interval as an error bar
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,12 @@ def rows_of(cells: list[Cell], order: Sequence[str]) -> list[Row]:
 def _curve(r: Row, cells: list[Cell]) -> Curve:
     """The row's per-image worst case over ``cells`` at each of their eps, clean at eps 0."""
     by_eps = grouped(cells, lambda c: float(c["eps"]))
-    points = [] if 0.0 in by_eps else [(0.0, float(clean_of(cells).mean()), 0)]
+    nan = float("nan")
+    points = [] if 0.0 in by_eps else [(0.0, float(clean_of(cells).mean()), 0, nan, nan)]
     for e in sorted(by_eps):
         h = worst(by_eps[e])
         if not np.isnan(h["acc"]):
-            points.append((e, h["acc"], len(h["attacks"])))
+            points.append((e, h["acc"], len(h["attacks"]), h["low"], h["high"]))
     return Curve(r.row, r.key, r.label, tuple(points))
 
 
@@ -139,11 +144,12 @@ def curves(cells: list[Cell], order: Sequence[str]) -> dict[tuple[str, str, str]
         threats = sorted({c["threat"] for c in g}, key=_threat_rank)
         panels = [Panel(t, t if len(threats) > 1 else f"{t} (= the worst case)",
                         tuple(_curve(r, sub) for r in rows
-                              if (sub := [c for c in r.cells if c["threat"] == t])))
+                              if (sub := [c for c in r.cells if c["threat"] == t])),
+                        bars=len(threats) == 1)
                   for t in threats]
         if len(threats) > 1:
             panels.append(Panel(WORST, "worst case: every attack and threat",
-                                tuple(_curve(r, r.cells) for r in rows)))
+                                tuple(_curve(r, r.cells) for r in rows), bars=True))
         out[chart] = panels
     return out
 
@@ -190,36 +196,59 @@ def _panel(p: Panel, ox: float, oy: float, xpos: dict[float, float], ticks: list
     spacing = min(np.diff(sorted(xpos.values())), default=_PW)
     step = min(3.0, 0.35 * spacing / max(len(p.curves), 1))
     for k, c in enumerate(p.curves):
-        color, shape, dash = styles[c.row]
         dx = (k - (len(p.curves) - 1) / 2) * step
-        xy = [(ox + xpos[e] + dx, oy + _PH * (1 - acc), e, acc, n) for e, acc, n in c.points]
-        d = "".join(f"{'M' if i == 0 else 'L'}{f1(x)},{f1(y)}" for i, (x, y, *_) in
-                    enumerate(xy))
-        style = f' stroke-dasharray="{dash}"' if dash else ""
-        pts = "".join(marker(shape, x, y, color, f' class="pt" data-eps="{e!r}" '
-                             f'data-acc="{acc!r}"', _tip(c, p, e, acc, n))
-                      for x, y, e, acc, n in xy)
-        out.append(f'<g class="series" data-s="{index[c.row]}" data-row="{esc(c.key)}" '
-                   f'data-defense="{esc(c.defense)}" data-threat="{esc(p.threat)}">'
-                   f'<path class="line" d="{d}" fill="none" stroke="{color}" '
-                   f'stroke-width="2"{style}><title>{esc(c.defense)}: {esc(p.title)}</title>'
-                   f"</path>{pts}</g>")
+        out.append(_series(c, p, ox + dx, oy, xpos, styles[c.row], index[c.row]))
     return "".join(out)
 
 
-def _tip(c: Curve, p: Panel, eps: float, acc: float, attacks: int) -> str:
+def _series(c: Curve, p: Panel, x0: float, oy: float, xpos: dict[float, float],
+            style: tuple[str, str, str], s: int) -> str:
+    """One defense's line in panel ``p`` (``x0``: the panel's left plus the line's sideways
+    offset): the path, in the headline's panel the error bars, then the points."""
+    color, shape, dash = style
+    path, bars, pts = [], [], []
+    for e, acc, n, lo, hi in c.points:
+        x, y = x0 + xpos[e], oy + _PH * (1 - acc)
+        path.append(f"{'L' if path else 'M'}{f1(x)},{f1(y)}")
+        ci = p.bars and n > 0 and not math.isnan(lo)
+        attrs = f' class="pt" data-eps="{e!r}" data-acc="{acc!r}"'
+        if ci:
+            bars.append(_error_bar(x, oy + _PH * (1 - lo), oy + _PH * (1 - hi), color, lo, hi))
+            attrs += f' data-low="{lo!r}" data-high="{hi!r}"'
+        pts.append(marker(shape, x, y, color, attrs,
+                          _tip(c, p, e, acc, n, (lo, hi) if ci else None)))
+    dashed = f' stroke-dasharray="{dash}"' if dash else ""
+    return (f'<g class="series" data-s="{s}" data-row="{esc(c.key)}" '
+            f'data-defense="{esc(c.defense)}" data-threat="{esc(p.threat)}">'
+            f'<path class="line" d="{"".join(path)}" fill="none" stroke="{color}" '
+            f'stroke-width="2"{dashed}><title>{esc(c.defense)}: {esc(p.title)}</title>'
+            f'</path>{"".join(bars)}{"".join(pts)}</g>')
+
+
+def _error_bar(x: float, y_low: float, y_high: float, color: str, low: float,
+               high: float) -> str:
+    """A vertical bar with end caps from ``y_low`` to ``y_high`` (px) at ``x``."""
+    d = (f"M{f1(x)},{f1(y_low)}V{f1(y_high)}M{f1(x - 2.5)},{f1(y_low)}h5"
+         f"M{f1(x - 2.5)},{f1(y_high)}h5")
+    return (f'<path class="ci" d="{d}" fill="none" stroke="{color}" stroke-width="1.2" '
+            f'stroke-opacity="0.6" data-low="{low!r}" data-high="{high!r}"/>')
+
+
+def _tip(c: Curve, p: Panel, eps: float, acc: float, attacks: int,
+         interval: tuple[float, float] | None = None) -> str:
     if attacks == 0:
         return f"{c.defense}: clean accuracy {100 * acc:.1f}%"
+    ci = f"; 95% interval {100 * interval[0]:.1f}–{100 * interval[1]:.1f}%" if interval else ""
     return (f"{c.defense}, {p.title}: {100 * acc:.1f}% at eps {format_eps(eps)} "
-            f"(worst case over {attacks} attack{'s' * (attacks != 1)})")
+            f"(worst case over {attacks} attack{'s' * (attacks != 1)}{ci})")
 
 
 def eps_chart(chart: tuple[str, str, str], panels: list[Panel], baselines: set[str]) -> str:
     """One (dataset, model, norm)'s chart: its panels side by side (three a row) and the legend
     of its defenses at the right; ``baselines``: row keys drawn as the baseline."""
     dataset, model, norm = chart
-    xs = sorted({e for p in panels for c in p.curves for e, _, _ in c.points})
-    clean = any(n == 0 for p in panels for c in p.curves for _, _, n in c.points)
+    xs = sorted({pt[0] for p in panels for c in p.curves for pt in c.points})
+    clean = any(pt[2] == 0 for p in panels for c in p.curves for pt in c.points)
     xpos, ticks, ordinal = _x_scale(xs, clean)
     axis = f"eps ({'L∞' if norm == 'linf' else norm})" + (", evenly spaced" if ordinal else "")
     styles = _styles(panels, baselines)
@@ -328,7 +357,8 @@ def eps_section(cells: list[Cell], order: Sequence[str], baselines: set[str]) ->
     return ('<h2 id="charts">Robust accuracy against eps</h2><p class="note">One panel per '
             "threat model, one line per defense; each point is the per-image worst case over "
             "the attacks of that threat at that eps (the last panel: over every attack and "
-            "threat, the headline), and the point at the left is the clean accuracy. Points "
+            "threat, the headline, each point with its 95% Wilson interval over the n images "
+            "as a bar), and the point at the left is the clean accuracy. Points "
             "of one eps are set slightly apart sideways so that equal values stay visible; "
             "hover a point for its number, a line or a legend entry to pick it out.</p>"
             + figures)

@@ -142,15 +142,17 @@ def _row_cells(g: list[Cell], marks: Marks) -> str:
 
 
 def detail(i: int, key: str, r: dict[str, Any], g: list[Cell], found: list[dict[str, Any]],
-           marks: Marks, heads: list[str], papers: dict[str, tuple[str, str]]) -> str:
+           marks: Marks, heads: dict[str, list[str]], papers: dict[str, tuple[str, str]]) -> str:
     """Row ``i``'s detail view (``key``: ``dataset/model/defense`` as shown; ``r``: its wide
-    table record; ``g``: its cells' records; ``found``: its flags); ``papers``: :func:`paper`
-    of each defense name, filled as met (one registry look-up per defense, not per row)."""
+    table record; ``g``: its cells' records; ``found``: its flags; ``heads``: each headline
+    column -> its interval's low and high columns); ``papers``: :func:`paper` of each defense
+    name, filled as met (one registry look-up per defense, not per row)."""
     name = str(g[0]["defense"])
     if name not in papers:
         papers[name] = paper(name)
     summary, cite = papers[name]
-    scores = ", ".join(f"{h} {pct(r[h])}%" for h in heads)
+    scores = ", ".join(f"{h} {pct(r[h])}% ({pct(r[lo])}–{pct(r[hi])})"
+                       for h, (lo, hi) in heads.items())
     codes = " ".join(flag_badge(f, False) for f in found)
     flag_items = "".join(f'<li>{flag_badge(f, False)} {esc(f.get("title", ""))}: '
                          f'{esc(f.get("detail", ""))}</li>' for f in found)

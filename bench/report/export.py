@@ -14,6 +14,7 @@ import pandas as pd
 from bench.config import format_eps
 from bench.errors import ConfigError
 from bench.report.caption import BPDA_MARK, EOT_MARK, caption
+from bench.report.headline import rank_label
 from bench.report.identity import _native
 from bench.report.page import build_page
 from bench.report.robustbench import model_infos
@@ -23,14 +24,25 @@ from bench.report.tables import (
     _require,
     leaderboard,
     long_table,
+    place_labels,
 )
 
 EXPORTS = (*FORMATS, "robustbench")  # what render writes: the tables' formats and RobustBench's
 
 
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def _pct(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{100 * float(value):.1f}"
+    return "–" if _missing(value) else f"{100 * float(value):.1f}"
+
+
+def with_interval(value: Any, low: Any, high: Any) -> str:
+    """A headline in percent with its 95% interval: ``85.8 (82.0–89.0)``; ``–`` without one."""
+    if _missing(value):
+        return "–"
+    return f"{_pct(value)} ({_pct(low)}–{_pct(high)})" if not _missing(low) else _pct(value)
 
 
 def _display(wide: pd.DataFrame) -> pd.DataFrame:
@@ -48,8 +60,21 @@ def _display(wide: pd.DataFrame) -> pd.DataFrame:
 
     column("n", str)
     column("clean_acc", _pct)
+    intervals = attrs.get("interval_columns", {})
     for col in attrs.get("headline_columns", []):
-        column(col, _pct)
+        low, high = intervals.get(col, (None, None))
+        if low in wide and high in wide:
+            out[col] = pd.Series([with_interval(*v) for v in zip(
+                wide[col].tolist(), wide[low].tolist(), wide[high].tolist(), strict=True)],
+                index=out.index, dtype=object)
+            out = out.drop(columns=[low, high])
+        else:
+            column(col, _pct)
+    rank_cols = attrs.get("rank_columns") or []
+    if rank_cols:
+        out.insert(out.columns.get_loc(rank_cols[0]), rank_label(attrs["rank_eps"]),
+                   place_labels(wide, rank_cols))
+        out = out.drop(columns=rank_cols)
     for col in attrs.get("covers_columns", []):
         column(col, lambda v: str(int(v)) if v else "–")
     for col in attrs.get("attack_columns", []):
@@ -95,8 +120,9 @@ def breakdown_lines(wide: pd.DataFrame) -> str:
              "attack first):", ""]
     for r in table.itertuples(index=False):
         lines.append(f"- {r.dataset}/{r.model}/{r.defense} @{format_eps(r.eps)}: "
-                     f"{_pct(r.worst_case_acc)}% robust ({r.robust} of {r.n}, {r.attacks} "
-                     f"attacks); {r.broken_by}")
+                     f"{_pct(r.worst_case_acc)}% robust (95% interval {_pct(r.worst_case_low)}–"
+                     f"{_pct(r.worst_case_high)}; {r.robust} of {r.n}, {r.attacks} attacks); "
+                     f"{r.broken_by}")
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,10 @@ Robustness", 2019, sec. 5). An attack suite's cell (``--attack adaptive``) count
 The breakdown attributes every image that is not robust to one attack: wrong clean first, then
 the cells from the strongest (lowest accuracy) to the weakest, a suite's images to the member
 that broke them first (``adaptive:apgd-ce``).
+
+Every headline carries its 95% Wilson score interval over the row's n images
+(:mod:`bench.report.interval`), computed here from n and the per-image flags: nothing of it is
+stored, so every store shows it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from bench.config import format_eps
+from bench.report.interval import wilson
 
 CLEAN = "clean"
 Cell = dict[str, Any]  # one identified cell as a plain record: a row of the frame
@@ -58,6 +63,21 @@ def argsort(values: list[float], kind: str) -> np.ndarray:
 def headline_label(eps: float) -> str:
     """The wide table's headline column at ``eps``, e.g. ``worst case@0.2``."""
     return f"worst case@{format_eps(float(eps))}"
+
+
+def low_label(eps: float) -> str:
+    """The column of the low end of the headline's 95% interval at ``eps``."""
+    return f"worst_case_low@{format_eps(float(eps))}"
+
+
+def high_label(eps: float) -> str:
+    """The column of the high end of the headline's 95% interval at ``eps``."""
+    return f"worst_case_high@{format_eps(float(eps))}"
+
+
+def rank_label(eps: float) -> str:
+    """The shown column of the places a row can hold at ``eps`` (``rank@0.2``)."""
+    return f"rank@{format_eps(float(eps))}"
 
 
 def covers_label(eps: float) -> str:
@@ -97,10 +117,11 @@ def worst(cells: pd.DataFrame | list[Cell]) -> dict[str, Any]:
     :func:`bench.report.identity.identify`; a frame or its :func:`records`).
 
     Returns:
-        ``acc`` (in [0, 1]), ``robust`` (per-image bool array), ``attacks`` (what it covers, a
-        suite expanded into its members), ``broken_by`` (label -> images it broke first,
-        ``clean`` first, then the strongest attack first; every image not robust counted once)
-        and ``n``.
+        ``acc`` (in [0, 1]), ``low`` and ``high`` (its 95% Wilson interval over the n images,
+        :func:`bench.report.interval.wilson`), ``robust`` (per-image bool array), ``attacks``
+        (what it covers, a suite expanded into its members), ``broken_by`` (label -> images it
+        broke first, ``clean`` first, then the strongest attack first; every image not robust
+        counted once) and ``n``.
     """
     cells = records(cells)
     n = int(cells[0]["n"])
@@ -122,8 +143,9 @@ def worst(cells: pd.DataFrame | list[Cell]) -> dict[str, Any]:
         robust &= correct
     owned = Counter(owner.tolist())
     counts = {label: owned[label] for label in [CLEAN, *attacks]}
-    return {"acc": float(robust.mean()) if n else float("nan"), "robust": robust,
-            "attacks": attacks, "n": n,
+    low, high = wilson(int(robust.sum()), n)
+    return {"acc": float(robust.mean()) if n else float("nan"), "low": low, "high": high,
+            "robust": robust, "attacks": attacks, "n": n,
             "broken_by": {k: v for k, v in counts.items() if v or k == CLEAN}}
 
 
@@ -136,9 +158,10 @@ def headlines(cells: pd.DataFrame | list[Cell]) -> dict[tuple[str, float], dict[
 
 def breakdown(cells: pd.DataFrame | list[Cell],
               heads: dict[tuple[str, float], dict[str, Any]] | None = None) -> pd.DataFrame:
-    """One line per (row, eps): the headline, what it covers and which attack broke how many
-    images first (``broken_by``: ``label: count`` in attribution order). ``heads``: the
-    :func:`headlines` of ``cells`` when already computed."""
+    """One line per (row, eps): the headline and its 95% interval (``worst_case_low``,
+    ``worst_case_high``), what it covers and which attack broke how many images first
+    (``broken_by``: ``label: count`` in attribution order). ``heads``: the :func:`headlines` of
+    ``cells`` when already computed."""
     cells = records(cells)
     firsts = {row: g[0] for row, g in grouped(cells, lambda c: c["_row"]).items()}
     rows = []
@@ -146,8 +169,10 @@ def breakdown(cells: pd.DataFrame | list[Cell],
         first = firsts[row]
         rows.append({"dataset": first["dataset"], "model": first["_model"],
                      "defense": first["_defense"], "eps": float(eps), "n": h["n"],
-                     "worst_case_acc": h["acc"], "attacks": len(h["attacks"]),
+                     "worst_case_acc": h["acc"], "worst_case_low": h["low"],
+                     "worst_case_high": h["high"], "attacks": len(h["attacks"]),
                      "robust": int(h["robust"].sum()),
                      "broken_by": ", ".join(f"{k} {v}" for k, v in h["broken_by"].items())})
     return pd.DataFrame(rows, columns=["dataset", "model", "defense", "eps", "n",
-                                       "worst_case_acc", "attacks", "robust", "broken_by"])
+                                       "worst_case_acc", "worst_case_low", "worst_case_high",
+                                       "attacks", "robust", "broken_by"])

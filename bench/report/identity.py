@@ -107,6 +107,8 @@ def _varying(settings: list[dict[str, str]], groups: list[Any], keep: Any) -> di
 
 
 def _native(value: Any) -> Any:
+    if value is pd.NA:
+        return None
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):

@@ -35,20 +35,22 @@ from bench.config import format_eps
 from bench.report._html import cell as _cell
 from bench.report._html import esc as _esc
 from bench.report._html import flag_badge as _flag
+from bench.report._html import num as _num
 from bench.report._html import pct as _pct
 from bench.report._html import table as _table
 from bench.report._page_assets import CSS, SCRIPT
 from bench.report.caption import caption
 from bench.report.charts import breakdown_figures, eps_section
 from bench.report.details import detail, paper
-from bench.report.headline import Cell, grouped, records
+from bench.report.headline import Cell, grouped, rank_label, records
 from bench.report.identity import identify
 from bench.report.plots import plots_section
-from bench.report.tables import _plain, leaderboard, long_table, worst_case
+from bench.report.tables import _plain, leaderboard, long_table, place_labels, worst_case
 
 __all__ = ["BPDA_MARK", "EOT_MARK", "MARKS", "build_page", "paper"]
 
 BPDA_MARK, EOT_MARK = "†", "‡"
+RANK = "_rank"  # the board's column of the places (wide columns rank_best@EPS, rank_worst@EPS)
 MARKS = {
     BPDA_MARK: "BPDA: the defense is not differentiable, so the attack's gradients went through "
                "it with the identity as the backward pass (Athalye et al., ICML 2018).",
@@ -75,20 +77,27 @@ def _marks(wide: pd.DataFrame, cells: list[Cell]) -> dict[tuple[str, str], dict[
 
 
 def _head(wide: pd.DataFrame, flagged: bool) -> tuple[list[str], list[str]]:
-    """The wide table's columns in page order, and their header cells."""
+    """The wide table's columns in page order (``RANK`` for the places), and their header
+    cells."""
     heads = set(wide.attrs.get("headline_columns", []))
     covers = set(wide.attrs.get("covers_columns", []))
     first = [c for c in wide.columns if c in heads or c in covers]
-    cols = ["dataset", "model", "defense", *first, *(["flags"] if flagged else []),
-            "clean_acc", "n", "kind", *wide.attrs.get("attack_columns", [])]
-    tips = {"clean_acc": "clean accuracy (%)", "flags": "warnings about the evaluation"}
+    ranked = bool(wide.attrs.get("rank_columns"))
+    cols = ["dataset", "model", "defense", *([RANK] if ranked else []), *first,
+            *(["flags"] if flagged else []), "clean_acc", "n", "kind",
+            *wide.attrs.get("attack_columns", [])]
+    tips = {"clean_acc": "clean accuracy (%)", "flags": "warnings about the evaluation",
+            RANK: "the places the row can hold in its block given the headlines' 95% intervals; "
+                  "a range marks rows not separated (the baseline is not ranked)"}
+    names = {"clean_acc": "clean", RANK: rank_label(wide.attrs["rank_eps"]) if ranked else ""}
     th = []
     for c in cols:
         cls = "headline" if c in heads else "covers" if c in covers else ""
         tip = ("per-image worst case (%): correct clean and under every attack and threat model "
-               "stored for the row" if c in heads else "attacks the worst case covers"
+               "stored for the row; in parentheses its 95% Wilson interval over the n images"
+               if c in heads else "attacks the worst case covers"
                if c in covers else tips.get(c, ""))
-        text = _esc("clean" if c == "clean_acc" else c).replace("/", "/<wbr>")
+        text = _esc(names.get(c, c)).replace("/", "/<wbr>")
         th.append(_cell(text.replace("@", "<wbr>@"), cls=cls, title=tip, tag="th"))
     return cols, th
 
@@ -99,11 +108,19 @@ def _board(wide: pd.DataFrame, marks: dict[tuple[str, str], dict[str, str]],
     cols, th = _head(wide, flags is not None)
     heads = set(wide.attrs.get("headline_columns", []))
     covers = set(wide.attrs.get("covers_columns", []))
+    intervals = wide.attrs.get("interval_columns", {})
+    ranks = wide.attrs.get("rank_columns") or []
+    shown = place_labels(wide, ranks) if ranks else []
     rows = []
     for i, r in enumerate(_plain(wide).to_dict(orient="records")):
         key, tds = _row_key(r), []
         for c in cols:
-            if c == "defense":
+            if c == RANK:
+                tds.append(_cell(_esc(shown[i]), r[ranks[0]], "rank"))
+            elif c in intervals:
+                tds.append(_cell(_headline(r[c], *(r[x] for x in intervals[c])), r[c],
+                                 "headline"))
+            elif c == "defense":
                 tds.append(_cell(f'<a href="#row-{i}">{_esc(r[c])}</a>', cls="name"))
             elif c == "flags":
                 tds.append(_cell(" ".join(map(_flag, (flags or {}).get(key, []))), cls="flags"))
@@ -118,6 +135,14 @@ def _board(wide: pd.DataFrame, marks: dict[tuple[str, str], dict[str, str]],
                                  "; ".join(m.values())))
         rows.append(tds)
     return _table("board", th, rows, "board")
+
+
+def _headline(value: Any, low: Any, high: Any) -> str:
+    """A headline cell's content: the number, then its interval in smaller type."""
+    if _num(value) is None:
+        return "–"
+    return _pct(value) + (f' <span class="ci">({_pct(low)}–{_pct(high)})</span>'
+                          if _num(low) is not None else "")
 
 
 def _legend(flags: dict[str, list[dict[str, Any]]] | None, legend: dict[str, str],
@@ -145,11 +170,12 @@ def _breakdown(wide: pd.DataFrame, df: pd.DataFrame, baseline: str | None, figur
     if table is None or not len(table):
         return ""
     th = [_cell(_esc(h), tag="th") for h in ("dataset", "model", "defense", "eps", "n",
-                                              "worst case (%)", "robust", "attacks",
-                                              "broken first by (images)")]
+                                              "worst case (%)", "95% interval (%)", "robust",
+                                              "attacks", "broken first by (images)")]
     rows = [[_cell(_esc(r.dataset), cls="name"), _cell(_esc(r.model), cls="name"),
              _cell(_esc(r.defense), cls="name"), _cell(_esc(format_eps(r.eps)), r.eps),
              _cell(str(r.n), r.n), _cell(_pct(r.worst_case_acc), r.worst_case_acc, "headline"),
+             _cell(f"{_pct(r.worst_case_low)}–{_pct(r.worst_case_high)}", r.worst_case_low),
              _cell(str(r.robust), r.robust), _cell(str(r.attacks), r.attacks),
              _cell(_esc(r.broken_by), cls="text")] for r in table.itertuples(index=False)]
     worst = worst_case(df, baseline)
@@ -191,7 +217,7 @@ def build_page(df: pd.DataFrame, baseline: str | None = None, out_dir: Path | No
     flags = wide.attrs.get("flags")
     legend = dict(wide.attrs.get("flag_legend") or {}) if legend is None else legend
     marks = _marks(wide, cells)
-    heads = wide.attrs.get("headline_columns", [])
+    heads = wide.attrs.get("interval_columns", {})
     rows = grouped(cells, lambda c: c["_key"])  # one pass, not a scan per row
     board_rows = _plain(wide).to_dict(orient="records")
     order = [_row_key(r) for r in board_rows]

@@ -9,7 +9,8 @@ order, and where each comes from:
   (RobustBench writes its numbers so);
 - ``autoattack_acc`` (the field of the headline number): the per-image worst case over every
   attack and threat model stored for the row at that eps (:mod:`bench.report.headline`), the
-  footnote naming the attacks (it is AutoAttack's number only where AutoAttack is the one);
+  footnote naming the attacks (it is AutoAttack's number only where AutoAttack is the one) and
+  giving the number's 95% Wilson interval over the n images (:mod:`bench.report.interval`);
 - ``eps``: as RobustBench writes it (``"8/255"``, ``"0.3"``); ``dataset``: the dataset's name;
   the threat model (``Linf``, ``L2``) is the folder, as in RobustBench;
 - ``number_forward_passes``: forward passes of the defended model per prediction, as the store
@@ -78,9 +79,11 @@ def _footnote(cells: list[Cell], head: dict[str, Any], found: list[dict[str, Any
             f"of {first['dataset']} under {threat_model(norm)}: autoattack_acc is bench's "
             f"per-image worst case over the {len(head['attacks'])} stored attacks "
             f"({', '.join(head['attacks'])}), an image counting only if it is correct clean and "
-            "under every one. number_forward_passes counts evaluations of the defended model "
-            "per image, as the cells record them. reported and additional_data are not "
-            "recorded.")
+            f"under every one; its 95% Wilson score interval over the {head['n']} images is "
+            f"{_percent(head['low'])}–{_percent(head['high'])}% (it covers the sampling of the "
+            "images, not the randomness of the attacks or of training). number_forward_passes "
+            "counts evaluations of the defended model per image, as the cells record them. "
+            "reported and additional_data are not recorded.")
     if found:
         text += " Gradient-masking flags raised for this defense: " + "; ".join(
             f"{f.get('code')} ({f.get('title', '')}: {f.get('detail', '')})" for f in found) + "."

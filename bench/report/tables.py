@@ -23,23 +23,30 @@ Example::
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bench.config import format_eps
 from bench.errors import ConfigError
 from bench.registry import natural_key
 from bench.report.flags import LEGEND
 from bench.report.flags import flags as row_flags
 from bench.report.headline import (
+    Cell,
     breakdown,
     covers_label,
     grouped,
     headline_label,
     headlines,
+    high_label,
+    low_label,
     records,
 )
 from bench.report.identity import identify
+from bench.report.interval import Interval, place_label, places
 from bench.threat import Threat
 
 FORMATS = ("md", "csv", "json", "html")
@@ -48,7 +55,10 @@ LONG_COLUMNS = (
     "n", "clean_acc", "robust_acc", "denoise_loss", "bpda", "wall_time", "seed", "attack_params",
     "defense_params", "device", "git_rev", "config_hash", "created_at",
 )
+HEADLINE_COLUMNS = ("worst_case", "worst_case_low", "worst_case_high", "rank_best",
+                    "rank_worst")  # the long table's, after LONG_COLUMNS, row and column
 ROW_KEYS = ["dataset", "model", "defense"]
+Heads = dict[tuple[Any, float], dict[str, Any]]  # (row, eps) -> its headline
 
 
 def _require(df: pd.DataFrame | None) -> pd.DataFrame:
@@ -105,6 +115,47 @@ def _ordered(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def sort_eps(heads: Heads) -> float | None:
+    """The eps rows are sorted and ranked by: the one most attacks ran at (an audit's sweep adds
+    single cells at other eps), the smallest of those tied; None without a headline."""
+    covers: dict[float, int] = {}
+    for (_, e), h in heads.items():
+        covers[e] = covers.get(e, 0) + len(h["attacks"])
+    return max(covers, key=lambda e: (covers[e], -e)) if covers else None
+
+
+def rank_columns(eps: float) -> tuple[str, str]:
+    """The wide table's columns of a row's best and worst place at ``eps``."""
+    return f"rank_best@{format_eps(eps)}", f"rank_worst@{format_eps(eps)}"
+
+
+def ranked(cells: list[Cell], heads: Heads, baseline: str | None
+           ) -> tuple[float | None, dict[Any, tuple[int, int]]]:
+    """The eps of :func:`sort_eps` and, at it, the places (best, worst) each ranked row can hold
+    in its (dataset, model) block by :func:`bench.report.interval.places`: ranked are the rows
+    with a headline there, the baseline excepted. Keyed by the row's identity (``_row``)."""
+    eps = sort_eps(heads)
+    blocks: dict[tuple[Any, Any], list[tuple[Any, Interval]]] = {}
+    for row, g in grouped(cells, lambda c: c["_row"]).items():
+        h = heads.get((row, eps)) if eps is not None else None
+        if h is None or g[0]["defense"] == baseline or math.isnan(h["acc"]):
+            continue
+        blocks.setdefault((g[0]["dataset"], g[0]["_model"]), []).append(
+            (row, Interval(h["low"], h["high"])))
+    out: dict[Any, tuple[int, int]] = {}
+    for rows in blocks.values():
+        out.update(zip([r for r, _ in rows], places([i for _, i in rows]), strict=True))
+    return eps, out
+
+
+def place_labels(wide: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Each wide row's places as the tables show them (``1``, ``2–3``; ``–`` for a row not
+    ranked), from its ``columns`` (``attrs["rank_columns"]``: best, worst)."""
+    best, worst = columns
+    return ["–" if b is pd.NA or b is None else place_label(int(b), int(w))
+            for b, w in zip(wide[best].tolist(), wide[worst].tolist(), strict=True)]
+
+
 def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """The wide leaderboard: one row per (dataset, model, defense) and distinguishing settings;
     the headline worst case per eps first, then robust accuracy per attack column.
@@ -116,15 +167,21 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
             most attacks ran at, highest first (ties keep the order of first appearance).
 
     Returns:
-        Columns ``dataset, model, defense, kind, clean_acc, n``, then per eps the headline
-        ``worst case@EPS`` (the fraction of images correct clean and under every attack and
-        threat stored for the row at that eps, :mod:`bench.report.headline`) and ``attacks@EPS``
+        Columns ``dataset, model, defense, kind, clean_acc, n``, then ``rank_best@EPS`` and
+        ``rank_worst@EPS`` at the eps rows are sorted by (:func:`ranked`: the places a row can
+        hold in its block given the headlines' intervals; NA for the baseline and rows without
+        a headline there), then per eps the headline ``worst case@EPS`` (the fraction of images
+        correct clean and under every attack and threat stored for the row at that eps,
+        :mod:`bench.report.headline`), ``worst_case_low@EPS`` and ``worst_case_high@EPS`` (its
+        95% Wilson interval over the n images, :mod:`bench.report.interval`) and ``attacks@EPS``
         (how many attacks it covers, a suite's members counted), ``flags`` (comma list of the
         row's gradient-masking flag codes, :mod:`bench.report.flags`), then one column per
         distinguishable (attack, threat, eps, settings) labelled as :func:`identify` does;
         accuracies in [0, 1], NaN where a cell was not run. ``model`` and ``defense`` carry the
         settings that distinguish rows of the same names. Every stored cell has its own table
-        cell. ``attrs``: ``attack_columns``, ``headline_columns``, ``bpda`` (``[row key,
+        cell. ``attrs``: ``attack_columns``, ``headline_columns``, ``interval_columns``
+        (headline column -> its low and high columns), ``covers_columns``, ``rank_eps`` (the eps
+        ranked, None without headlines), ``rank_columns`` (best, worst), ``bpda`` (``[row key,
         column]`` pairs whose attack used BPDA, the row key being ``dataset/model/defense`` as
         shown), ``breakdown`` (:func:`bench.report.headline.breakdown`), ``flags`` (row key ->
         its flags with their numbers) and ``flag_legend`` (code -> meaning).
@@ -140,7 +197,10 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     warnings = row_flags(cell_list, checks)
     eps_list = sorted(set(cells["eps"].astype(float)))
     heads = headlines(cell_list)
-    head_cols = [c for e in eps_list for c in (headline_label(e), covers_label(e))]
+    main, place = ranked(cell_list, heads, baseline)
+    rank_cols = list(rank_columns(main)) if main is not None else []
+    head_cols = [c for e in eps_list for c in (headline_label(e), low_label(e), high_label(e),
+                                               covers_label(e))]
     rows, bpda, eot, raw_defense = [], [], [], []
     for row_key, g in grouped(cell_list, lambda c: c["_row"]).items():
         first = g[0]
@@ -149,9 +209,13 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
         row = {"dataset": first["dataset"], "model": first["_model"],
                "defense": first["_defense"], "kind": first["defense_kind"],
                "clean_acc": _mean([c["clean_acc"] for c in g]), "n": int(first["n"])}
+        if rank_cols:
+            row.update(zip(rank_cols, place.get(row_key, (None, None)), strict=True))
         for e in eps_list:
             h = heads.get((row_key, e))
-            row[headline_label(e)] = h["acc"] if h else float("nan")
+            for col, part in ((headline_label(e), "acc"), (low_label(e), "low"),
+                              (high_label(e), "high")):
+                row[col] = h[part] if h else float("nan")
             row[covers_label(e)] = len(h["attacks"]) if h else 0
         row["flags"] = ",".join(f["code"] for f in warnings[key])
         row.update({c: float("nan") for c in columns})
@@ -161,19 +225,21 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
         eot += [[key, c["_label"]] for c in g
                 if isinstance(c["config"], dict) and "eot" in c["config"]]
     wide = pd.DataFrame(rows, columns=["dataset", "model", "defense", "kind", "clean_acc", "n",
-                                       *head_cols, "flags", *columns])
-    if len(wide) and eps_list:
-        # the eps most attacks ran at (an audit's sweep adds single cells at other eps)
-        main = max(eps_list, key=lambda e: (int(wide[covers_label(e)].sum()), -e))
-        first_head = headline_label(main)
+                                       *rank_cols, *head_cols, "flags", *columns])
+    for col in rank_cols:
+        wide[col] = wide[col].astype("Int64")
+    if len(wide) and main is not None:
         block = wide.groupby(["dataset", "model"], sort=False).ngroup()
         pinned = [0 if d == baseline else 1 for d in raw_defense]
-        wide = (wide.assign(_b=block, _p=pinned, _h=-wide[first_head].fillna(-1.0))
+        wide = (wide.assign(_b=block, _p=pinned, _h=-wide[headline_label(main)].fillna(-1.0))
                 .sort_values(["_b", "_p", "_h"], kind="stable")
                 .drop(columns=["_b", "_p", "_h"]).reset_index(drop=True))
     wide.attrs.update(attack_columns=columns, bpda=bpda, eot=eot,
                       headline_columns=[headline_label(e) for e in eps_list],
+                      interval_columns={headline_label(e): [low_label(e), high_label(e)]
+                                        for e in eps_list},
                       covers_columns=[covers_label(e) for e in eps_list],
+                      rank_eps=main, rank_columns=rank_cols,
                       breakdown=breakdown(cell_list, heads), flags=warnings,
                       flag_legend=LEGEND)
     return wide
@@ -190,7 +256,9 @@ def long_table(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
         Columns :data:`LONG_COLUMNS` (accuracies in [0, 1]; ``attack_params`` and
         ``defense_params`` as JSON strings; per-sample arrays left out), then ``row`` and
         ``column``: where the cell is in the wide table (``dataset/model/defense`` as shown
-        there, and the column label).
+        there, and the column label), then :data:`HEADLINE_COLUMNS`: the headline of the cell's
+        row at the cell's eps with its 95% interval, and on the cells at the eps rows are
+        ranked by the row's best and worst place (:func:`ranked`; NA elsewhere).
 
     Raises:
         ConfigError: ``df`` is empty.
@@ -199,6 +267,16 @@ def long_table(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     out = cells[[c for c in LONG_COLUMNS if c in cells.columns]].copy()
     out["row"] = cells["dataset"] + "/" + cells["_model"] + "/" + cells["_defense"]
     out["column"] = cells["_label"]
+    cell_list = records(cells)
+    heads = headlines(cell_list)
+    main, place = ranked(cell_list, heads, baseline)
+    own = [heads[(c["_row"], float(c["eps"]))] for c in cell_list]
+    for col, part in zip(HEADLINE_COLUMNS[:3], ("acc", "low", "high"), strict=True):
+        out[col] = [h[part] for h in own]
+    for i, col in enumerate(HEADLINE_COLUMNS[3:]):
+        out[col] = pd.array([place[c["_row"]][i] if float(c["eps"]) == main
+                             and c["_row"] in place else None for c in cell_list],
+                            dtype="Int64")
     for col in ("attack_params", "defense_params"):
         if col in out:
             out[col] = out[col].map(lambda v: json.dumps(v, sort_keys=True, default=str))

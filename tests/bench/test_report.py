@@ -62,9 +62,12 @@ def test_leaderboard_shape_and_order(frame: pd.DataFrame) -> None:
     attack_cols = ["fgsm/oblivious@8/255", "fgsm/oblivious@0.3", "fgsm/whitebox@8/255",
                    "ifgsm4/oblivious@8/255", "pgd10/whitebox@8/255", "pgd100/oblivious@8/255",
                    "pgd100/whitebox@8/255"]
-    heads = ["worst case@8/255", "attacks@8/255", "worst case@0.3", "attacks@0.3"]
+    heads = ["worst case@8/255", "worst_case_low@8/255", "worst_case_high@8/255",
+             "attacks@8/255", "worst case@0.3", "worst_case_low@0.3", "worst_case_high@0.3",
+             "attacks@0.3"]
     assert list(wide.columns) == ["dataset", "model", "defense", "kind", "clean_acc", "n",
-                                  *heads, "flags", *attack_cols]
+                                  "rank_best@8/255", "rank_worst@8/255", *heads, "flags",
+                                  *attack_cols]
     dunet = wide.set_index("defense").loc["dunet"]
     assert dunet["pgd100/whitebox@8/255"] == pytest.approx(0.25)
     assert dunet["fgsm/oblivious@8/255"] == pytest.approx(0.75)
@@ -204,9 +207,18 @@ def test_markdown_has_percentages_and_caption(frame: pd.DataFrame) -> None:
     assert lines[0].startswith("| dataset | model | defense | kind | clean | n |")
     assert "| digits | cnn | none |" in lines[2]
     assert "25.0†" in md and "75.0" in md
-    assert "| digits | cnn | none | preprocessor | 100.0 | 2 | – | – | 100.0 | 1 |" in md
-    assert "- digits/cnn/dunet @8/255: 25.0% robust (1 of 4, 4 attacks); clean 0, " \
-        "pgd100/whitebox@8/255 3" in md
+    assert lines[0].startswith("| dataset | model | defense | kind | clean | n | rank@8/255 | "
+                               "worst case@8/255 | attacks@8/255 | worst case@0.3 |")
+    # the headline with its 95% Wilson interval: 2 of 2 -> [34.2, 100]; the baseline unranked
+    assert "| digits | cnn | none | preprocessor | 100.0 | 2 | – | – | – | 100.0 (34.2–100.0) " \
+        "| 1 |" in md
+    assert "| digits | cnn | dunet | preprocessor | 100.0 | 4 | 1–3 | 25.0 (4.6–69.9) | 4 |" in md
+    assert "- digits/cnn/dunet @8/255: 25.0% robust (95% interval 4.6–69.9; 1 of 4, 4 attacks);" \
+        " clean 0, pgd100/whitebox@8/255 3" in md
+    assert "95% Wilson score interval over the row's n images" in md
+    assert "not the randomness of the attacks or of training" in md
+    assert "rows whose intervals overlap share a place, so a range (2–3) marks rows not " \
+        "separated" in md
     assert "n = 2–8" in md and "pgd100" in md and "whitebox" in md and "abc1234" in md
 
 
@@ -387,6 +399,9 @@ def test_robustbench_entries_have_the_real_field_set_and_the_stores_values(
     assert jpeg["architecture"] == "jpeg + cnn"
     assert "worst case over the 2 stored attacks (fgsm/oblivious@8/255, fgsm/whitebox@8/255)" \
         in jpeg["footnote"]  # the strongest first
+    assert "its 95% Wilson score interval over the 4 images is 30.06–95.44% (it covers the " \
+        "sampling of the images, not the randomness of the attacks or of training)" \
+        in jpeg["footnote"]
     assert got["cnn_jpeg_eps0.1.json"]["eps"] == "0.1"
     # per image, not the weaker of two means (50%): [1,1,0,0] & [1,0,1,0]
     assert got["cnn_jpeg_eps0.1.json"]["autoattack_acc"] == "25.00"

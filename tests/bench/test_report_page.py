@@ -21,6 +21,7 @@ import pytest
 
 import bench.report.page as page_module
 from bench.report import leaderboard, render
+from bench.report.interval import wilson
 from bench.report.page import build_page, paper
 from bench.store import CellResult, Store
 
@@ -114,10 +115,15 @@ def test_page_structure(frame: pd.DataFrame, site: Path) -> None:
     page = Path(render(frame, "html", out_dir=site, baseline="none")).read_text(encoding="utf-8")
     board = _section(page, "board")
     heads = _headers(board)
-    assert heads[:6] == ["dataset", "model", "defense", "worst case@8/255", "attacks@8/255",
-                         "flags"]
+    assert heads[:7] == ["dataset", "model", "defense", "rank@8/255", "worst case@8/255",
+                         "attacks@8/255", "flags"]
     assert heads.index("worst case@8/255") < heads.index("fgsm/oblivious@8/255")
     assert '<th class="headline"' in board and '<td data-v="0.75" class="headline">' in board
+    # the headline with its 95% Wilson interval (3 of 4 images), the places (none unranked)
+    assert '<td data-v="0.75" class="headline">75.0 <span class="ci">(30.1–95.4)</span></td>' \
+        in board
+    ranks = re.findall(r'<td(?: data-v="[^"]*")? class="rank">([^<]*)</td>', board)
+    assert ranks == ["–", "1–4", "1–4", "1–4", "1–4"]
     # the flag, with its detail as a tooltip, and the legend of flags and marks
     assert f'title="zero input gradients: {FLAG["detail"]}">ZG</span>' in board
     assert LEGEND["ZG"] in page and "NM</span>" in page and "(not raised)" in page
@@ -286,6 +292,15 @@ def test_eps_chart_has_one_line_per_defense_and_threat(grid: pd.DataFrame) -> No
     for g in series:  # one path through the points: a segment to each eps
         (line,) = g.findall("path[@class='line']")
         assert line.get("d").count("M") == 1 and line.get("d").count("L") == len(GRID_EPS)
+        # the headline's panel only: an error bar per eps, its 95% Wilson interval of 10 images
+        bars = [(float(b.get("data-low")), float(b.get("data-high")))
+                for b in g.findall("path[@class='ci']")]
+        if g.get("data-threat") != "worst case":
+            assert bars == []
+            continue
+        name = g.get("data-defense")
+        assert bars == [tuple(wilson(round(10 * _expected(name, "worst case", e)), 10))
+                        for e in range(len(GRID_EPS))], name
     # readable: labelled axes with the eps ticks, a legend entry per defense, the baseline black
     # and dashed, every other defense its own colour (9 defenses at 3 eps)
     texts = [t.text for t in svg.iter("text")]
