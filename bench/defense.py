@@ -179,6 +179,10 @@ class Defense(nn.Module):
     #: Registered attacks written against this defense (Tramer et al. 2020: adaptive attacks are
     #: defense-specific); every attack suite runs them first, whitebox, on this defense only.
     adaptive_attacks: ClassVar[tuple[str, ...]] = ()
+    #: Constructor options this defense takes from its dataset's ``fit_recipe`` when neither the
+    #: run nor its variant sets them (a small data set's shorter recipe, e.g. ``digits``'); they
+    #: are then its parameters like any option (weight key, identity, every row).
+    dataset_recipe: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> None:
         super().__init__()

@@ -56,16 +56,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import VGG16_Weights, VGG19_Weights
-from torchvision.models.vgg import cfgs, make_layers
 
 from bench.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 SUBSTITUTE = "random"
 WEIGHTS = ("auto", "imagenet", SUBSTITUTE)
-ARCHS: dict[str, tuple[str, Any]] = {"vgg16": ("D", VGG16_Weights.IMAGENET1K_V1),
-                                     "vgg19": ("E", VGG19_Weights.IMAGENET1K_V1)}
+# (torchvision's VGG config, its weights enum): torchvision is imported on first use, not with
+# the plugin (importing torchvision.models takes ~1.5 s, paid by every run otherwise).
+ARCHS: dict[str, tuple[str, str]] = {"vgg16": ("D", "VGG16_Weights"),
+                                     "vgg19": ("E", "VGG19_Weights")}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -73,7 +73,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def weight_path(arch: str) -> Path:
     """Where torchvision keeps ``arch``'s ImageNet weights in the local torch hub cache."""
     _check_arch(arch)
-    url = ARCHS[arch][1].url
+    import torchvision.models
+
+    url = getattr(torchvision.models, ARCHS[arch][1]).IMAGENET1K_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
@@ -162,8 +164,20 @@ class FeatureNet(nn.Module):
         return f"source={self.source}, layers={self.layers}, min_size={self.min_size}"
 
 
+def _vgg_cfg(cfg: str) -> list[Any]:
+    from torchvision.models.vgg import cfgs
+
+    return cfgs[cfg]
+
+
+def _make_trunk(cfg: str) -> nn.Sequential:
+    from torchvision.models.vgg import make_layers
+
+    return make_layers(_vgg_cfg(cfg))
+
+
 def _random_trunk(cfg: str, seed: int) -> nn.Sequential:
-    trunk = make_layers(cfgs[cfg])
+    trunk = _make_trunk(cfg)
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for m in trunk:
@@ -176,7 +190,7 @@ def _random_trunk(cfg: str, seed: int) -> nn.Sequential:
 
 
 def _imagenet_trunk(cfg: str, path: Path) -> nn.Sequential:
-    trunk = make_layers(cfgs[cfg])
+    trunk = _make_trunk(cfg)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         trunk.load_state_dict({k[len("features."):]: v for k, v in state.items()
@@ -205,7 +219,7 @@ def feature_extractor(arch: str, layers: Sequence[int], *, weights: str = "auto"
     """
     source = resolve_source(arch, weights, seed)
     cfg = ARCHS[arch][0]
-    n_modules = sum(1 if v == "M" else 2 for v in cfgs[cfg])  # conv + ReLU, or max-pool
+    n_modules = sum(1 if v == "M" else 2 for v in _vgg_cfg(cfg))  # conv + ReLU, or max-pool
     idx = [int(i) for i in layers]
     if not idx or min(idx) < 0 or max(idx) >= n_modules:
         raise ConfigError(f"Loss-network layers={list(layers)!r}: give indices into {arch}."

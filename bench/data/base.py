@@ -62,6 +62,7 @@ class DatasetInfo:
     default_eps: float
     models: tuple[str, ...]
     fit_images: int
+    fit_recipe: tuple[tuple[str, Any], ...] = ()
 
 
 class BenchDataset(ABC):
@@ -71,6 +72,11 @@ class BenchDataset(ABC):
     usual L-inf budget range on this dataset (training-set recipes scale to it); ``default_eps``
     is what ``run`` uses without ``--eps``; ``models`` lists the default target then the
     surrogate; ``fit_images`` is how many training images a defense's recipe uses by default here.
+    ``fit_recipe`` sets recipe options (``epochs``, ``lr``...) of the trainable defenses that
+    take them from their dataset (:attr:`bench.defense.Defense.dataset_recipe`) where their own
+    defaults, set for the papers' data sets, do not fit this one (the embedded ``digits``): applied
+    beneath the run's ``--defense-opt`` and a variant's settings, and recorded, like them, in the
+    defense's parameters (its weight key and every row's ``defense_params``).
     """
 
     input_shape: ClassVar[tuple[int, int, int]]
@@ -79,6 +85,7 @@ class BenchDataset(ABC):
     default_eps: ClassVar[float]
     models: ClassVar[tuple[str, ...]]
     fit_images: ClassVar[int]
+    fit_recipe: ClassVar[dict[str, Any]] = {}
     folder: ClassVar[str] = ""
 
     def __init__(self, root: str | Path | None = None, download: bool = False, **_: Any) -> None:
@@ -92,7 +99,8 @@ class BenchDataset(ABC):
     @property
     def info(self) -> DatasetInfo:
         return DatasetInfo(self.name, tuple(self.input_shape), self.num_classes, self.eps_max,
-                           self.default_eps, tuple(self.models), self.fit_images)
+                           self.default_eps, tuple(self.models), self.fit_images,
+                           tuple(sorted(self.fit_recipe.items())))
 
     def split(self, split: str) -> Dataset:
         """The whole split as a map-style dataset of ``(image CxHxW in [0,1], label)``."""

@@ -84,7 +84,14 @@ def correct_on(model: Classifier, dataset: BenchDataset, split: str, n: int | No
 def probe(model: Classifier, dataset: BenchDataset, device: torch.device) -> dict[str, int]:
     """How many of the first :data:`PROBE_IMAGES` test images ``model`` classifies correctly:
     recorded when the weights are trained and checked whenever they are loaded again."""
-    ok = correct_on(model, dataset, "test", PROBE_IMAGES, device)
+    return probe_of(correct_on(model, dataset, "test", PROBE_IMAGES, device))
+
+
+def probe_of(correct: torch.Tensor) -> dict[str, int]:
+    """:func:`probe` read off the per-image correctness of the whole test split (bool; from
+    :func:`correct_on`, whose batches start at image 0 either way, so the first
+    :data:`PROBE_IMAGES` flags are the ones :func:`probe` computes, bit for bit)."""
+    ok = correct[:PROBE_IMAGES]
     return {"images": len(ok), "correct": int(ok.sum())}
 
 
@@ -154,7 +161,7 @@ class PendingClassifier:
                                     batch_size=self.recipe["batch_size"])
             ok = correct_on(model, self.dataset, "test", None, self.device)
             meta["test_acc"] = float(ok.float().mean()) if len(ok) else float("nan")
-            meta["probe"] = probe(model, self.dataset, self.device)
+            meta["probe"] = probe_of(ok)  # the same images, already classified above
             log.info("%s on %s: test accuracy %.4f", self.name, info.name, meta["test_acc"])
             self.cache.save_module(model, "classifiers", f"{info.name}-{self.name}", self.spec,
                                    meta)

@@ -20,7 +20,7 @@ from bench.defense import (
     split_spec,
     weights_key,
 )
-from bench.errors import ConfigError
+from bench.errors import ConfigError, PluginContractError
 from bench.options import scoped
 from bench.registry import DEFENSES
 from bench.runtime import rng_isolated
@@ -71,16 +71,26 @@ class SessionDefenses:
         """Constructor options of defense ``name`` (from ``--defense-opt``), shape included.
 
         A defense whose constructor takes ``model`` gets the target classifier's name unless an
-        option or its variant sets it (so it can build the same architecture).
+        option or its variant sets it (so it can build the same architecture); one that declares
+        ``dataset_recipe`` options gets the dataset's ``fit_recipe`` values for them on the same
+        terms (the embedded ``digits``' shorter recipe).
         """
         base = split_spec(name)[0]
         entry = DEFENSES.get(base)
         opts = scoped(self.defense_opts, base, entry.builder)
         if getattr(entry.builder, "needs_training", False):
             opts.pop("guide", None)  # the harness's option (see guide()), not the constructor's
-        takes = accepted_options(entry.builder)
-        if takes and "model" in takes and "model" not in opts and "model" not in entry.overrides:
-            opts["model"] = self.roles.model_name
+        takes = accepted_options(entry.builder) or ()
+        follows = getattr(entry.builder, "dataset_recipe", ())
+        if takes and set(follows) - set(takes):
+            raise PluginContractError(
+                f"Defense '{base}' declares dataset_recipe {sorted(set(follows) - set(takes))} "
+                f"that its constructor does not take; fix the plugin (see bench.defense).")
+        defaults = {**({"model": self.roles.model_name} if "model" in takes else {}),
+                    **{k: v for k, v in self.info.fit_recipe if k in follows}}
+        for key, value in defaults.items():
+            if key not in opts and key not in entry.overrides:
+                opts[key] = value
         return entry.resolve(**opts, input_shape=self.info.input_shape,
                              num_classes=self.info.num_classes)
 

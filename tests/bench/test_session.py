@@ -13,7 +13,7 @@ from torch import nn
 
 from bench.cache import Cache
 from bench.defense import MODEL, Defense, LazyModels
-from bench.errors import ConfigError
+from bench.errors import ConfigError, PluginContractError
 from bench.models import PendingClassifier, load_classifier
 from bench.registry import DEFENSES, Entry
 from bench.session import Session
@@ -174,3 +174,44 @@ def test_a_parts_options_reach_it_when_only_the_composite_is_in_the_grid() -> No
     s = Session("digits", defense_opts={"lgd.epochs": 1, "epochs": 2})
     s.validate(["ensemble"])  # lgd is a part: its scope and the bare epochs are accepted
     assert s.defense_params("lgd@cnn3x3")["epochs"] == 1
+
+
+def test_a_datasets_recipe_reaches_the_defenses_that_take_it() -> None:
+    """digits declares a recipe sized to its 1,437 training images (``fit_recipe``): the
+    defenses that follow a dataset's recipe (HGD's family) get it as their parameters (so in
+    their identity and weight key), beneath the run's options; the others and MNIST keep
+    their own defaults."""
+    digits, mnist = Session("digits"), Session("mnist")
+    assert digits.defenses.fit_budget == 480 and mnist.defenses.fit_budget == 10000
+    for name in ("lgd", "dunet", "cgd", "lgd@cnn3x3"):
+        params = digits.defense_params(name)
+        assert (params["epochs"], params["lr"]) == (3, 3e-3), name
+    assert (mnist.defense_params("lgd")["epochs"], mnist.defense_params("lgd")["lr"]) == \
+        (None, 1e-3)  # the paper's recipe, as before: MNIST's weight keys are unchanged
+    at_pgd = digits.defense_params("at-pgd")  # takes epochs and lr, but not from a dataset
+    assert (at_pgd["epochs"], at_pgd["lr"]) == (6, 1e-3)
+    assert digits.defense_id("lgd") != Session("digits", defense_opts={"lgd.lr": 1e-3}
+                                               ).defense_id("lgd")
+    mine = Session("digits", defense_opts={"lgd.epochs": 5, "lr": 1e-4})
+    assert (mine.defense_params("lgd")["epochs"], mine.defense_params("lgd")["lr"]) == (5, 1e-4)
+    assert "lr 0.003 (paper 0.001)" in digits.built("lgd").metadata()["scaled_from_paper"]
+
+
+class _MisnamedRecipe(Defense):
+    """A throwaway trainable defense following a recipe option its constructor lacks."""
+
+    needs_training = True
+    dataset_recipe = ("epochz",)
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+                 epochs: int = 1) -> None:
+        super().__init__(input_shape, num_classes)
+
+
+def test_a_recipe_option_the_constructor_lacks_is_a_plugin_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    DEFENSES.load()
+    monkeypatch.setitem(DEFENSES._entries, "tmp-misnamed", Entry("tmp-misnamed",
+                                                                 _MisnamedRecipe))
+    with pytest.raises(PluginContractError, match="epochz"):
+        Session("digits").defense_params("tmp-misnamed")

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from bench.cache import Cache
 from bench.data import BenchDataset
-from bench.defense import FitContext, fit_or_load
+from bench.defense import FitContext, LazyModels, fit_or_load
 from bench.defenses.hgd import hgd
 from bench.defenses.hgd._trainset import ifgsm
 from bench.defenses.hgd._unet import PAPER_FEEDBACK, PAPER_FORWARD, ConvBNReLU, default_widths
@@ -253,3 +253,20 @@ def test_classifiers_are_frozen_while_fitting(tmp_path) -> None:
     fit_or_load(build("lgd"), ctx)
     assert target.seen == surrogate.seen == {(False, False)}  # eval mode, frozen weights
     assert target.training and all(p.requires_grad for p in target.parameters())  # restored
+
+
+def test_a_cached_training_set_trains_no_surrogate(ctx: FitContext) -> None:
+    """Only making the training set uses the surrogates: a variant fitted on a cached set does
+    not make (train) them."""
+    made = []
+
+    def surrogates() -> list[torch.nn.Module]:
+        made.append(True)
+        return [TinyNet().eval()]
+
+    ctx.surrogates = LazyModels(surrogates)
+    fit_or_load(build("dunet"), ctx)
+    assert made == [True]
+    ctx.surrogates = LazyModels(surrogates)
+    fit_or_load(build("lgd"), ctx)  # the same training set, read back from the cache
+    assert made == [True] and not ctx.surrogates.made
