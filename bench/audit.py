@@ -9,33 +9,39 @@ The cells go through the runner like any grid (stored, resumable, shown on the l
 * the score-based attack and the noise control (whitebox) and the iterative attack as a
   transfer attack from the source model (BB).
 
-Two checks are not attack cells and are stored beside them, keyed by the row
+Three checks are not attack cells and are stored beside them, keyed by the row
 (:func:`bench.store.row_id`): the fraction of images whose input gradient of the loss is exactly
 zero at the clean image, through the defense as the attacker sees it (BPDA where declared, EOT
-where randomized) (ZG), and whether two forward passes of a defense that declares itself
-deterministic agree (ND). Which attack plays which role is declared by the attack plugins
-(``Attack.audit_role``); the core names none.
+where randomized) (ZG), whether two forward passes of a defense that declares itself
+deterministic agree (ND), and the planted-example test of the attack suite's strength
+(:mod:`bench.planted`, PT). Which attack plays which role is declared by the attack plugins
+(``Attack.audit_role``); the suite is the first registered :class:`~bench.suite.AttackSuite`;
+the core names none.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from bench.cache import stable_hash
 from bench.config import RunConfig, format_eps
 from bench.errors import ConfigError
 from bench.executors import run_grid
+from bench.options import scoped
 from bench.plan import Planner
+from bench.planted import PlantedSpec, planted_test
 from bench.registry import ATTACKS
 from bench.report.flags import LEGEND, UNBOUNDED, findings, undecided
 from bench.report.identity import identify
 from bench.seeds import derive_seed
 from bench.session import Session
 from bench.store import Store, row_id
+from bench.suite import AttackSuite
 from bench.threat import Threat, attacked_model, eot_draws
 
 log = logging.getLogger(__name__)
@@ -120,13 +126,45 @@ def determinism(s: Session, defense: str) -> dict[str, Any]:
             "randomized": bool(d.randomized)}
 
 
+def suite_name() -> str:
+    """The attack suite whose strength the planted-example test checks: the first registered
+    :class:`~bench.suite.AttackSuite`, in natural order."""
+    for e in ATTACKS.entries():
+        if isinstance(e.builder, type) and issubclass(e.builder, AttackSuite):
+            return e.name
+    raise ConfigError("No registered attack is an AttackSuite; the planted-example test runs "
+                      "one (see bench/suite.py), or pass --planted-n 0.")
+
+
+def planted_examples(s: Session, defense: str, eps: float, spec: PlantedSpec, cfg: RunConfig,
+                     stored: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """PT: the planted-example test (:func:`bench.planted.planted_test`) of the suite's
+    gradient members, built with the run's ``--attack-opt SUITE.KEY=...`` and ``spec.steps``,
+    on the first ``spec.n`` images of the slice; None when ``stored`` (the row's stored
+    result) was measured with the same budget (spec, eps, suite, EOT draws)."""
+    name = suite_name()
+    opts = {**scoped(cfg.attack_opts, name), "steps": spec.steps}
+    suite = ATTACKS.get(name).build(eps=eps, seed=cfg.seed, **opts)
+    eot = suite.eot or s.eot
+    budget = stable_hash({"spec": asdict(spec), "eps": eps, "eot": eot,
+                          "suite": [name, suite.describe()], "seed": cfg.seed})
+    if stored is not None and stored.get("budget") == budget:
+        return None
+    x, _ = s.test
+    images = x[torch.arange(min(spec.n, len(x)))].to(s.device)
+    return {**planted_test(s.classifier, s.defense(defense), images, eps, suite, spec, eot,
+                           derive_seed(cfg.seed, "planted")), "budget": budget}
+
+
 def run_audit(cfg: RunConfig, store: Store, eps: float | None = None, steps: int = 100,
-              n_queries: int = 1000) -> tuple[dict[str, list[dict[str, Any]]],
-                                              dict[str, dict[str, str]]]:
+              n_queries: int = 1000, planted: PlantedSpec | None = None,
+              ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, str]]]:
     """Run the checks' cells and stored checks for ``cfg``'s dataset and defenses; return each
     defense row's findings, raised or not (row key -> findings, as
     :func:`bench.report.flags.findings`) and the checks it could not decide (row key -> code ->
-    why, :func:`bench.report.flags.undecided`)."""
+    why, :func:`bench.report.flags.undecided`). ``planted``: the planted-example test's budget
+    (default :class:`~bench.planted.PlantedSpec`; ``n=0`` skips it)."""
+    planted = PlantedSpec() if planted is None else planted
     if len(cfg.datasets) != 1:
         raise ConfigError("bench audit takes one --dataset.")
     session = Session.for_config(cfg, cfg.datasets[0], cfg.models[0] if cfg.models else None)
@@ -146,6 +184,10 @@ def run_audit(cfg: RunConfig, store: Store, eps: float | None = None, steps: int
                                                                             cfg.seed)))
         if "nondeterministic" not in done:
             store.add_check(rid, "nondeterministic", **_split(determinism(session, name)))
+        pt = planted_examples(session, name, eps, planted, cfg, done.get("planted")) \
+            if planted.n else None
+        if pt is not None:  # measured anew: another budget replaces the stored result
+            store.add_check(rid, "planted", **_split(pt), replace=True)
     frame = store.frame(hashes)
     cells = identify(frame)
     return findings(cells, frame.attrs["checks"]), undecided(cells, frame.attrs["checks"])

@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "check; default 100)")
     aud.add_argument("--n-queries", type=positive_int, default=1000,
                      help="queries of the score-based attack (default 1000)")
+    aud.add_argument("--planted-n", type=int, default=20,
+                     help="images of the planted-example test of the suite (default 20; 0 "
+                          "skips it)")
+    aud.add_argument("--planted-steps", type=positive_int, default=20,
+                     help="iterations of the suite's gradient attacks in it (default 20)")
     aud.add_argument("--eot", type=positive_int, default=None,
                      help="EOT draws through a randomized defense (default 20)")
     aud.add_argument("--eval-draws", type=positive_int, default=None,
@@ -177,11 +182,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from bench.audit import checklist, run_audit
+    from bench.planted import PlantedSpec
 
     cfg = run_config(args, n=200)
     eps = parse_eps(args.eps) if args.eps is not None else None
     store = open_store(results_path(cfg.results))
-    found, na = run_audit(cfg, store, eps, steps=args.steps, n_queries=args.n_queries)
+    found, na = run_audit(cfg, store, eps, steps=args.steps, n_queries=args.n_queries,
+                          planted=PlantedSpec(n=args.planted_n, steps=args.planted_steps))
     info = get_dataset(cfg.datasets[0], root=cfg.data_root).info
     print(checklist(found, info.default_eps if eps is None else eps, na), end="")
     log.info("cells and checks stored in %s", store.path)

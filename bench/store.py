@@ -166,10 +166,13 @@ class Store:
             )
             return cur.rowcount == 1
 
-    def add_check(self, row: str, name: str, value: float, detail: dict[str, Any]) -> None:
-        """Record check ``name`` of leaderboard row ``row`` (:func:`row_id`); kept if present."""
+    def add_check(self, row: str, name: str, value: float, detail: dict[str, Any],
+                  replace: bool = False) -> None:
+        """Record check ``name`` of leaderboard row ``row`` (:func:`row_id`); kept if present,
+        unless ``replace`` (a check remeasured with another budget)."""
         with self._connect() as con:
-            con.execute("INSERT OR IGNORE INTO checks VALUES (?, ?, ?, ?, ?)",
+            con.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO checks VALUES "
+                        f"(?, ?, ?, ?, ?)",
                         (row, name, float(value), json.dumps(detail, sort_keys=True, default=str),
                          datetime.now(timezone.utc).isoformat(timespec="seconds")))
 

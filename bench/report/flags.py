@@ -32,6 +32,8 @@ from bench.store import row_id
 SHARE = 0.01  # "more than 1% of images"
 POINTS = 0.01  # "more than 1 point"
 UNBOUNDED = 1.0  # an L-inf radius that reaches every image in [0,1]
+PLANTED_RATE = 0.9  # share of planted examples the suite's gradient attacks must find
+PLANTED_MIN = 10  # informative planted tasks needed to decide PT
 
 LEGEND = {
     "SS": "single-step beats iterative: an FGSM-type attack breaks images the iterative gradient "
@@ -47,6 +49,9 @@ LEGEND = {
           "False",
     "WO": "whitebox weaker than oblivious: the oblivious attack breaks images its whitebox "
           "version did not (> 1% of images)",
+    "PT": "planted examples not found: the suite's gradient attacks found an adversarial "
+          f"example in < {PLANTED_RATE:.0%} of the images where one is planted within eps "
+          "(binarization test)",
 }
 TITLES = {code: text.split(":")[0] for code, text in LEGEND.items()}
 
@@ -198,6 +203,13 @@ def _stored_checks(checks: dict[str, dict[str, Any]], n: int) -> Iterator[dict[s
         yield _flag("ND", f"{_share(int(nd['count']), int(nd['n']))} get different logits "
                           f"from two forward passes (max difference {nd['max_diff']:.3g})",
                     nd["value"] > 0, float(nd["value"]))
+    pt = checks.get("planted")
+    if pt and int(pt["informative"]) >= PLANTED_MIN:
+        yield _flag("PT", f"the suite's gradient attacks found an adversarial example for "
+                          f"{_share(int(pt['found']), int(pt['informative']))} where one is "
+                          f"planted within eps ({pt.get('through', 'through the defense')}; "
+                          f"{pt['trivial']} trivial and {pt['not_set_up']} unset tasks left "
+                          f"out)", pt["value"] < PLANTED_RATE, float(pt["value"]))
 
 
 def row_findings(g: pd.DataFrame | list[Cell], checks: dict[str, dict[str, Any]],
@@ -262,6 +274,12 @@ def not_applicable(g: pd.DataFrame | list[Cell], checks: dict[str, dict[str, Any
         out["ND"] = "not measured (run bench audit)"
     elif nd.get("randomized"):
         out["ND"] = "the defense declares itself randomized"
+    pt = checks.get("planted")
+    if pt is None:
+        out["PT"] = "not measured (run bench audit)"
+    elif int(pt["informative"]) < PLANTED_MIN:
+        out["PT"] = (f"{pt['informative']} informative planted tasks of {pt['n']} images, "
+                     f"needs {PLANTED_MIN}: raise --planted-n")
     return out
 
 

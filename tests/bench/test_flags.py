@@ -55,7 +55,9 @@ def test_a_sound_row_gets_no_flag(tmp_path: Path) -> None:
         cell("pgd10", "oblivious", 20, role="iterative", steps=10),
         cell("square", "whitebox", 40, role="score-based", gradient_free=True),
     ], {"zero_gradients": (0.0, {"count": 0, "n": N}),
-        "nondeterministic": (0.0, {"count": 0, "n": N, "max_diff": 0.0})})
+        "nondeterministic": (0.0, {"count": 0, "n": N, "max_diff": 0.0}),
+        "planted": (1.0, {"found": 18, "informative": 18, "n": 20, "trivial": 2,
+                          "not_set_up": 0})})
     assert found == {}
 
 
@@ -69,7 +71,9 @@ def test_each_check_raises_its_flag_with_its_numbers(tmp_path: Path) -> None:
         cell("pgd10", "oblivious", 40, offset=10, role="iterative", steps=10),
         cell("square", "whitebox", 25, offset=70, role="score-based", gradient_free=True),
     ], {"zero_gradients": (0.31, {"count": 31, "n": N, "through": "through the defense"}),
-        "nondeterministic": (0.05, {"count": 5, "n": N, "max_diff": 0.5})})
+        "nondeterministic": (0.05, {"count": 5, "n": N, "max_diff": 0.5}),
+        "planted": (0.25, {"found": 4, "informative": 16, "n": 20, "trivial": 3,
+                           "not_set_up": 1, "through": "through BPDA"})})
     assert set(found) == set(LEGEND) - {"NC"}
     assert "broke 30 of 100 images (30.0%)" in found["SS"]
     assert "50.0% at eps 0.1, 80.0% at eps 0.2" in found["EPS"]
@@ -79,6 +83,8 @@ def test_each_check_raises_its_flag_with_its_numbers(tmp_path: Path) -> None:
     assert "31 of 100 images (31.0%)" in found["ZG"]
     assert "5 of 100 images" in found["ND"] and "0.5" in found["ND"]
     assert "broke 30 of 100 images" in found["WO"]  # oblivious broke 10..49, whitebox 0..19
+    assert found["PT"].startswith("the suite's gradient attacks found an adversarial example "
+                                  "for 4 of 16 images (25.0%) where one is planted")
 
 
 def test_not_converged_when_doubling_steps_lowers_accuracy(tmp_path: Path) -> None:
@@ -159,9 +165,14 @@ def test_checks_without_the_cells_they_need_are_undecided_not_passed(tmp_path: P
                     0.5, {"count": 50, "n": N, "max_diff": 1.0, "randomized": True})
     frame = store.frame()
     na = undecided(identify(frame), frame.attrs["checks"])["digits/cnn/d"]
-    assert set(na) == {"SS", "NC", "EPS", "UB", "WO", "ZG", "ND"}  # BB has its gradient attack
+    assert set(na) == {"SS", "NC", "EPS", "UB", "WO", "ZG", "ND", "PT"}  # BB: has its attack
     assert na["ND"] == "the defense declares itself randomized"
-    assert na["ZG"].startswith("not measured")
+    assert na["ZG"].startswith("not measured") and na["PT"].startswith("not measured")
+    store.add_check(row_id(first.config), "planted", 1.0,
+                    {"found": 6, "informative": 6, "n": 20, "trivial": 4, "not_set_up": 10})
+    frame = store.frame()
+    na = undecided(identify(frame), frame.attrs["checks"])["digits/cnn/d"]
+    assert na["PT"] == "6 informative planted tasks of 20 images, needs 10: raise --planted-n"
     store.add(cell("pgd10", "whitebox", 40, role="iterative", steps=20))
     store.add(cell("pgd10", "oblivious", 40, role="iterative", steps=10))
     frame = store.frame()
