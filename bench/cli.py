@@ -294,13 +294,27 @@ def cmd_plot_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not to the stream of the
+    first call: ``main`` called again after its caller replaced stderr (a test's capture, a
+    notebook) must not write to a closed file."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a one-line usage error (see _Parser)
         return int(exc.code or 0)
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("bench: %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)

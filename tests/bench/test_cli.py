@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv as csvmod
 import json
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -247,3 +248,18 @@ def test_config_file_through_the_cli_stores_exactly_its_cells(
     assert code == 0, err
     rows = sqlite3.connect(db2).execute("SELECT defense, n, seed, eps FROM results").fetchall()
     assert rows == [("none", 10, 3, 8 / 255)]
+
+
+def test_logging_follows_stderr_when_main_runs_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` called a second time after its caller replaced stderr (a test's capture, a
+    notebook) logs to the new stream, not to the closed one of the first call."""
+    import io
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    main(["list", "datasets"])
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    assert main(["run", "--attack", "fgsm", "--n", "500", "--dry-run"]) == 0
+    assert second.getvalue().startswith("bench: digits test has 360 images; --n 500 uses all")
