@@ -27,8 +27,11 @@ TARGET_MODES = (None, "random", "least-likely")
 
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
-    was_training = model.training
+    """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit, each
+    submodule's mode as it was (a wrapper built in training mode around models in eval mode,
+    such as a pipeline, must not leave them training: a BatchNorm would then update its
+    statistics on the next forward)."""
+    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     grads = [(p, p.grad) for p in model.parameters()]
     model.eval()
@@ -41,7 +44,8 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
         for p, g in grads:
             p.grad = g
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
 
 def validate_adversarial(x: torch.Tensor, x_adv: torch.Tensor, eps: float,

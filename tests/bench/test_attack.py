@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.attack import TOLERANCE, Attack, validate_adversarial
+from bench.attack import TOLERANCE, Attack, frozen, validate_adversarial
 from bench.cache import Cache
 from bench.config import RunConfig
 from bench.errors import AttackValidationError, NonFiniteError
@@ -214,3 +214,29 @@ def test_an_empty_batch_is_valid_and_a_mismatched_empty_one_is_not() -> None:
     validate_adversarial(empty, empty.clone(), 0.1)
     with pytest.raises(AttackValidationError, match="shape"):
         validate_adversarial(empty, torch.empty(0, 1, 4, 3), 0.1)
+
+
+def test_frozen_restores_each_submodule_s_own_mode() -> None:
+    """A pipeline is built in training mode around models in eval mode: attacking through it
+    must leave them in eval mode (a BatchNorm in training mode updates its statistics on the
+    next forward), and restore gradients flags and the wrapper's own mode."""
+    from bench.defense import Defense
+    from bench.threat import Pipeline
+
+    class Same(Defense):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    clf = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.LazyLinear(10))
+    clf(torch.rand(2, 1, 28, 28))
+    clf.eval()
+    pipe = Pipeline(clf, Same())
+    assert pipe.training and not clf.training
+    before = clf[1].running_mean.clone()
+    with frozen(pipe) as m:
+        assert not m.training and not any(p.requires_grad for p in m.parameters())
+        m(torch.rand(4, 1, 28, 28))
+    assert pipe.training and not clf.training and not clf[1].training
+    assert all(p.requires_grad for p in clf.parameters())
+    clf(torch.rand(4, 1, 28, 28))  # eval: the statistics stay
+    assert torch.equal(clf[1].running_mean, before)
