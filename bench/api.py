@@ -176,37 +176,32 @@ class Evaluation:
             threat model at that eps) of the first defense evaluated (the model alone when no
             defense was given).
         headlines: defense -> (eps -> worst case in %), every defense of the run.
-        per_image: one row per test image; columns (defense, ``clean`` or
-            ``ATTACK/THREAT@EPS``) of 0/1 flags: correct clean, robust under that cell.
+        per_image: one row per test image; columns (defense, ``clean`` or the cell's column
+            label as the leaderboard shows it, ``ATTACK/THREAT@EPS``) of 0/1 flags: correct
+            clean, robust under that cell.
         store: the store's path.
     """
 
     def __init__(self, frame: pd.DataFrame, defenses: list[str], store: Path) -> None:
-        from bench.report import leaderboard
+        from bench.report import identify, leaderboard
+        from bench.report.headline import headlines, records
         from bench.session import baseline_name
 
         self.cells = frame
         self.store = store
         self.table = leaderboard(frame, baseline=baseline_name())
-        columns: dict[tuple[str, str], np.ndarray] = {}
+        cells = records(identify(frame))  # labelled as the leaderboard labels them
+        defense_of = {c["_row"]: c["defense"] for c in cells}
         self.headlines: dict[str, dict[float, float]] = {}
-        for d in defenses:
-            cells = frame[frame["defense"] == d]
-            if cells.empty:
-                continue
-            columns[(d, "clean")] = cells["clean_correct"].iloc[0].astype(np.uint8)
-            worst: dict[float, np.ndarray] = {}
-            for c in cells.itertuples():
-                label = f"{c.attack}/{c.threat}@{format_eps(float(c.eps))}"
-                columns[(d, label)] = np.asarray(c.robust_correct, dtype=np.uint8)
-                prev = worst.get(float(c.eps))
-                robust = np.asarray(c.robust_correct, dtype=bool)
-                worst[float(c.eps)] = robust if prev is None else prev & robust
-            self.headlines[d] = {e: round(100 * float(r.mean()), 2) for e, r in
-                                 sorted(worst.items())}
+        for (row, eps), head in sorted(headlines(cells).items(), key=lambda kv: kv[0][1]):
+            self.headlines.setdefault(defense_of[row], {})[eps] = round(100 * head["acc"], 2)
+        columns: dict[tuple[str, str], np.ndarray] = {}
+        for c in cells:
+            columns.setdefault((c["defense"], "clean"), np.asarray(c["clean_correct"], np.uint8))
+            columns[(c["defense"], c["_label"])] = np.asarray(c["robust_correct"], np.uint8)
         self.per_image = pd.DataFrame(columns)
         self.per_image.index.name = "image"
-        self.headline = self.headlines[defenses[0]] if defenses else {}
+        self.headline = self.headlines.get(defenses[0], {}) if defenses else {}
 
     def __str__(self) -> str:
         from bench.report import render
@@ -227,7 +222,7 @@ def _names(value: Any) -> list[Any]:
     return list(value)
 
 
-def evaluate(model: nn.Module | str, dataset: str, *, attack: str | Sequence[str] = "adaptive",
+def evaluate(model: nn.Module | str, dataset: str, *, attack: str | Sequence[str],
              eps: float | str | Sequence[float | str] | None = None, n: int | None = None,
              threat: str | Sequence[str] | None = None,
              defense: str | nn.Module | Sequence[str | nn.Module] | None = None,
@@ -240,7 +235,7 @@ def evaluate(model: nn.Module | str, dataset: str, *, attack: str | Sequence[str
         model: an ``nn.Module`` ([0,1] images N x C x H x W in, logits out) or a registered
             classifier's name.
         dataset: a registered dataset (``mnist``, ``cifar10``, ``digits``, ...).
-        attack: attack name(s); default the adaptive suite.
+        attack: attack name(s), e.g. ``"adaptive"`` (the adaptive suite) or ``"pgd100"``.
         eps: L-inf radius or radii (``0.2``, ``"8/255"``); default the dataset's.
         n: the first n test images (default all).
         threat: threat model(s); default oblivious and whitebox (a suite runs as whitebox).
